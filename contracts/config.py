@@ -1,0 +1,301 @@
+"""Configuration: process settings from the environment, accounts and merchants from TOML.
+
+Parsed once in ``main()`` and passed down as frozen objects. Secrets are referenced, never
+written inline: ``"env:NAME"`` reads an environment variable, ``"file:PATH"`` a file (relative
+paths are relative to the config file). A list of references is a rotation: every listed
+secret is valid, the first one is used for signing. ``Secret`` masks itself in ``repr`` so a
+logged config never leaks one.
+
+    [webhooks]
+    schedule = [0, 3600, 10800, 86400]    # seconds: now, +1 h, +3 h, +24 h (Paysera's)
+
+    [merchants.shop]
+    webhook_url = "https://shop.example/payhook"
+    secrets = ["env:SHOP_WEBHOOK_SECRET"]  # whsec_…
+
+    [providers.paysera.main]               # route: /callbacks/paysera/main
+    merchant = "shop"
+    project_id = "123456"
+    password = "env:PAYSERA_PASSWORD"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contracts.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "Merchant",
+    "ProviderAccount",
+    "Secret",
+    "Settings",
+    "load_config",
+    "parse_config",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PAYSERA_RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+
+
+class Secret:
+    """A secret value that never shows itself in ``repr``/``str`` (logs, tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process settings (environment variables ``PAYHOOK_*``); laptop defaults."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:55432/payhook"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:55672/"
+    config_path: str = "deploy/payhook.toml"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    log_level: str = "info"
+    log_format: str = "json"  # or "console" for people at a terminal
+    amqp_namespace: str = "payhook"
+    max_body_bytes: int = 64 * 1024
+    publish_timeout_s: float = 10.0
+    ledger_prefetch: int = 1000
+    ledger_batch_size: int = 500
+    ledger_batch_wait_ms: float = 5.0
+    relay_batch_size: int = 500
+    webhook_prefetch: int = 64
+    shutdown_grace_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            key = f"PAYHOOK_{name.upper()}"
+            if key not in env:
+                continue
+            default = getattr(defaults, name)
+            raw = env[key]
+            try:
+                values[name] = type(default)(raw)
+            except ValueError:
+                raise ConfigError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    id: str
+    webhook_url: str
+    secrets: tuple[Secret, ...]
+    events: tuple[str, ...] = ("*",)  # event types, "payhook.payment.*" patterns, or "*"
+    allow_private: bool = False  # deliver to loopback/private addresses (local runs, tests)
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0
+    max_in_flight: int = 4
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAccount:
+    """One provider account: its route is ``/callbacks/<provider>/<name>``.
+
+    ``options`` is the raw TOML table; each provider module reads its own keys from it (a new
+    provider needs no change here). ``secrets`` holds every key whose value was a secret
+    reference, resolved.
+    """
+
+    provider: str
+    name: str
+    merchant: str | None
+    allowed_ips: tuple[IPNetwork, ...]
+    options: Mapping[str, Any]
+    secrets: Mapping[str, tuple[Secret, ...]] = field(default_factory=dict)
+
+    def secret(self, key: str) -> tuple[Secret, ...]:
+        """Every valid secret under ``key`` (several during rotation); raises if absent."""
+        try:
+            return self.secrets[key]
+        except KeyError:
+            raise ConfigError(
+                f"providers.{self.provider}.{self.name}.{key} is required"
+            ) from None
+
+    def ip_allowed(self, address: str) -> bool:
+        if not self.allowed_ips:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allowed_ips)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    merchants: Mapping[str, Merchant]
+    accounts: Mapping[tuple[str, str], ProviderAccount]
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    webhook_schedule: tuple[float, ...] = PAYSERA_RETRY_SCHEDULE
+    ledger: Mapping[str, Any] = field(default_factory=dict)
+    admin_tokens: tuple[Secret, ...] = ()
+
+    def account(self, provider: str, name: str) -> ProviderAccount | None:
+        return self.accounts.get((provider, name))
+
+    def merchant_for(self, provider: str, account: str) -> Merchant | None:
+        acc = self.accounts.get((provider, account))
+        if acc is None or acc.merchant is None:
+            return None
+        return self.merchants.get(acc.merchant)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, base_dir=path.parent, environ=environ)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    env = os.environ if environ is None else environ
+    base = base_dir or Path.cwd()
+
+    merchants: dict[str, Merchant] = {}
+    for merchant_id, table in dict(data.get("merchants", {})).items():
+        where = f"merchants.{merchant_id}"
+        _require(table, "webhook_url", where)
+        merchants[merchant_id] = Merchant(
+            id=merchant_id,
+            webhook_url=str(table["webhook_url"]),
+            secrets=resolve_secrets(table.get("secrets", []), f"{where}.secrets", base, env),
+            events=tuple(str(e) for e in table.get("events", ["*"])),
+            allow_private=bool(table.get("allow_private", False)),
+            timeout_s=float(table.get("timeout_s", 10.0)),
+            connect_timeout_s=float(table.get("connect_timeout_s", 10.0)),
+            max_in_flight=int(table.get("max_in_flight", 4)),
+            enabled=bool(table.get("enabled", True)),
+        )
+
+    accounts: dict[tuple[str, str], ProviderAccount] = {}
+    for provider, provider_accounts in dict(data.get("providers", {})).items():
+        for name, table in dict(provider_accounts).items():
+            where = f"providers.{provider}.{name}"
+            merchant = table.get("merchant")
+            if merchant is not None and merchant not in merchants:
+                raise ConfigError(f"{where}.merchant names unknown merchant {merchant!r}")
+            secrets = {
+                key: resolve_secrets(value, f"{where}.{key}", base, env)
+                for key, value in table.items()
+                if _is_secret_ref(value)
+            }
+            accounts[(provider, name)] = ProviderAccount(
+                provider=provider,
+                name=name,
+                merchant=merchant,
+                allowed_ips=_networks(table.get("allowed_ips", []), f"{where}.allowed_ips"),
+                options={k: v for k, v in table.items() if k not in secrets},
+                secrets=secrets,
+            )
+
+    ingress = dict(data.get("ingress", {}))
+    webhooks = dict(data.get("webhooks", {}))
+    schedule = tuple(float(s) for s in webhooks.get("schedule", PAYSERA_RETRY_SCHEDULE))
+    if not schedule or any(s < 0 for s in schedule):
+        raise ConfigError("webhooks.schedule must be a non-empty list of delays >= 0")
+    admin = dict(data.get("admin", {}))
+    return Config(
+        merchants=merchants,
+        accounts=accounts,
+        trusted_proxies=_networks(ingress.get("trusted_proxies", []), "ingress.trusted_proxies"),
+        webhook_schedule=schedule,
+        ledger=dict(data.get("ledger", {})),
+        admin_tokens=resolve_secrets(admin.get("tokens", []), "admin.tokens", base, env),
+    )
+
+
+def _is_secret_ref(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.startswith(("env:", "file:"))
+    if isinstance(value, list) and value:
+        return all(isinstance(v, str) and v.startswith(("env:", "file:")) for v in value)
+    return False
+
+
+def resolve_secrets(
+    refs: str | Sequence[str], where: str, base: Path, env: Mapping[str, str]
+) -> tuple[Secret, ...]:
+    items = [refs] if isinstance(refs, str) else list(refs)
+    out: list[Secret] = []
+    for ref in items:
+        if not isinstance(ref, str):
+            raise ConfigError(f"{where}: secrets are given as 'env:NAME' or 'file:PATH'")
+        if ref.startswith("env:"):
+            name = ref[4:]
+            if name not in env:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            out.append(Secret(env[name]))
+        elif ref.startswith("file:"):
+            file = Path(ref[5:])
+            file = file if file.is_absolute() else base / file
+            try:
+                out.append(Secret(file.read_text(encoding="utf-8").strip()))
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read {file}: {exc.strerror}") from None
+        else:
+            # Refuse inline secrets: they end up in repos, tickets and logs.
+            raise ConfigError(f"{where}: secrets are given as 'env:NAME' or 'file:PATH'")
+    for secret in out:
+        if not secret.reveal():
+            raise ConfigError(f"{where}: a secret is empty (an empty key verifies anything)")
+    return tuple(out)
+
+
+def _networks(values: Sequence[str], where: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _require(table: Mapping[str, Any], key: str, where: str) -> None:
+    if key not in table:
+        raise ConfigError(f"{where}.{key} is required")

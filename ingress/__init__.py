@@ -1,0 +1,1 @@
+"""The thin HTTP edge: verify a provider callback, publish it with confirms, then ack it."""
