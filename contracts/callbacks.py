@@ -74,8 +74,9 @@ class RawRequest:
         )
 
 
-def callback_id(provider: str, account: str, transaction_id: str, provider_status: str,
-                variant: str = "") -> str:
+def callback_id(
+    provider: str, account: str, transaction_id: str, provider_status: str, variant: str = ""
+) -> str:
     """The deterministic id of one provider transition: the same callback always maps here.
 
     ``variant`` separates genuinely different callbacks that share a status, e.g. two partial
@@ -144,8 +145,17 @@ class CallbackReceived:
         return out
 
 
-_REQUIRED = ("provider", "account", "transaction_id", "provider_status", "status", "kind",
-             "verified_by", "received_at", "raw")
+_REQUIRED = (
+    "provider",
+    "account",
+    "transaction_id",
+    "provider_status",
+    "status",
+    "kind",
+    "verified_by",
+    "received_at",
+    "raw",
+)
 
 
 def encode_callback(callback: CallbackReceived) -> bytes:
@@ -206,4 +216,3 @@ def _opt_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"amount {value!r} is not an integer of minor units")
     return value
-

@@ -106,7 +106,8 @@ class Settings:
             try:
                 values[name] = type(default)(raw)
             except ValueError:
-                raise ConfigError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
+                kind = type(default).__name__
+                raise ConfigError(f"{key}={raw!r} is not a valid {kind}") from None
         return cls(**values)
 
 
@@ -144,9 +145,7 @@ class ProviderAccount:
         try:
             return self.secrets[key]
         except KeyError:
-            raise ConfigError(
-                f"providers.{self.provider}.{self.name}.{key} is required"
-            ) from None
+            raise ConfigError(f"providers.{self.provider}.{self.name}.{key} is required") from None
 
     def ip_allowed(self, address: str) -> bool:
         if not self.allowed_ips:

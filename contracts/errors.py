@@ -1,10 +1,10 @@
 """Errors raised while building or reading payhook's wire contracts.
 
-    ContractError
-    ├── UnknownCurrency      a currency code ISO 4217 (as we ship it) does not list
-    ├── InvalidAmount        an amount that is not an exact decimal in the currency's minor units
-    ├── DecodeError          a message body that is not a valid contract document
-    └── ConfigError          a configuration file or environment that cannot be used
+ContractError
+├── UnknownCurrency      a currency code ISO 4217 (as we ship it) does not list
+├── InvalidAmount        an amount that is not an exact decimal in the currency's minor units
+├── DecodeError          a message body that is not a valid contract document
+└── ConfigError          a configuration file or environment that cannot be used
 """
 
 from __future__ import annotations

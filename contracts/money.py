@@ -57,7 +57,7 @@ def major_to_minor(value: str | int | Decimal, currency: str) -> int:
         raise InvalidAmount(repr(value), currency, "floats and booleans are not money")
     exponent = exponent_of(currency)
     if isinstance(value, int):
-        return value * 10**exponent
+        return int(value * 10**exponent)
     text = str(value).strip() if isinstance(value, Decimal) else value.strip()
     match = _DECIMAL.match(text)
     if match is None:

@@ -60,9 +60,7 @@ async def connect(database_url: str) -> asyncpg.Connection[Any]:
 def migration_files() -> list[tuple[str, str]]:
     """``(name, sql)`` for every migration, in the order they apply."""
     folder = resources.files("workers") / "migrations"
-    names = sorted(
-        entry.name for entry in folder.iterdir() if entry.name.endswith(".sql")
-    )
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 
 
@@ -78,9 +76,7 @@ async def migrate(database_url: str) -> list[str]:
         for name, sql in migration_files():
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
-                done = await conn.fetchval(
-                    "SELECT 1 FROM schema_migrations WHERE name = $1", name
-                )
+                done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE name = $1", name)
                 if done:
                     continue
                 await conn.execute(sql)
