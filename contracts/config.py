@@ -122,6 +122,9 @@ class Merchant:
     connect_timeout_s: float = 10.0
     max_in_flight: int = 4
     enabled: bool = True
+    # Circuit breaker: after this many consecutive failures, stop calling for the cool-down.
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,8 @@ def parse_config(
             connect_timeout_s=float(table.get("connect_timeout_s", 10.0)),
             max_in_flight=int(table.get("max_in_flight", 4)),
             enabled=bool(table.get("enabled", True)),
+            breaker_threshold=int(table.get("breaker_threshold", 5)),
+            breaker_cooldown_s=float(table.get("breaker_cooldown_s", 60.0)),
         )
 
     accounts: dict[tuple[str, str], ProviderAccount] = {}
