@@ -145,10 +145,13 @@ class ProviderAccount:
 
     def secret(self, key: str) -> tuple[Secret, ...]:
         """Every valid secret under ``key`` (several during rotation); raises if absent."""
-        try:
+        where = f"providers.{self.provider}.{self.name}.{key}"
+        if key in self.secrets:
             return self.secrets[key]
-        except KeyError:
-            raise ConfigError(f"providers.{self.provider}.{self.name}.{key} is required") from None
+        if key in self.options:
+            # Refuse inline secrets: they end up in repos, tickets and logs.
+            raise ConfigError(f"{where}: secrets are given as 'env:NAME' or 'file:PATH'")
+        raise ConfigError(f"{where} is required")
 
     def ip_allowed(self, address: str) -> bool:
         if not self.allowed_ips:

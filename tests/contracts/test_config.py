@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from contracts.config import Settings, load_config, parse_config
+from contracts.errors import ConfigError
+
+SAMPLE = """
+[webhooks]
+schedule = [0, 1, 3]
+
+[ingress]
+trusted_proxies = ["10.0.0.0/8"]
+
+[merchants.shop]
+webhook_url = "http://127.0.0.1:9/hook"
+secrets = ["env:SHOP_SECRET", "file:shop.secret"]
+allow_private = true
+
+[providers.paysera.main]
+merchant = "shop"
+project_id = "123456"
+password = "env:PAYSERA_PASSWORD"
+allowed_ips = ["192.0.2.0/24"]
+"""
+
+
+def test_secrets_are_resolved_and_masked(tmp_path: Path) -> None:
+    (tmp_path / "payhook.toml").write_text(SAMPLE)
+    (tmp_path / "shop.secret").write_text("whsec_second\n")
+    env = {"SHOP_SECRET": "whsec_first", "PAYSERA_PASSWORD": "pw-123"}
+    config = load_config(tmp_path / "payhook.toml", environ=env)
+    shop = config.merchants["shop"]
+    assert [s.reveal() for s in shop.secrets] == ["whsec_first", "whsec_second"]
+    account = config.account("paysera", "main")
+    assert account is not None
+    assert account.secret("password")[0].reveal() == "pw-123"
+    assert "password" not in account.options
+    assert "pw-123" not in repr(config)
+    assert "whsec_first" not in repr(config)
+    assert config.webhook_schedule == (0.0, 1.0, 3.0)
+    assert account.ip_allowed("192.0.2.7")
+    assert not account.ip_allowed("198.51.100.1")
+    assert config.merchant_for("paysera", "main") is shop
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ('password = "inline-secret"', "env:NAME"),
+        ('password = "env:MISSING"', "MISSING is not set"),
+        ('merchant = "nobody"', "unknown merchant"),
+    ],
+)
+def test_bad_config_is_refused_with_the_key_named(patch: str, message: str) -> None:
+    import tomllib
+
+    text = (
+        SAMPLE.replace('password = "env:PAYSERA_PASSWORD"', patch)
+        if "password" in patch
+        else SAMPLE.replace('merchant = "shop"', patch)
+    )
+    env = {"SHOP_SECRET": "x", "PAYSERA_PASSWORD": "y"}
+    data = tomllib.loads(text.replace(', "file:shop.secret"', ""))
+    with pytest.raises(ConfigError, match=message):
+        config = parse_config(data, environ=env)
+        account = config.account("paysera", "main")
+        assert account is not None
+        account.secret("password")  # provider modules ask for their secrets at start-up
+
+
+def test_empty_secret_is_refused() -> None:
+    data = {"merchants": {"m": {"webhook_url": "http://x", "secrets": ["env:E"]}}}
+    with pytest.raises(ConfigError, match="empty"):
+        parse_config(data, environ={"E": ""})
+
+
+def test_settings_from_env() -> None:
+    settings = Settings.from_env({"PAYHOOK_LISTEN_PORT": "9000", "PAYHOOK_LOG_FORMAT": "console"})
+    assert settings.listen_port == 9000
+    assert settings.log_format == "console"
+    with pytest.raises(ConfigError, match="PAYHOOK_LISTEN_PORT"):
+        Settings.from_env({"PAYHOOK_LISTEN_PORT": "eighty"})
