@@ -1,0 +1,336 @@
+"""The webhook worker: consume ``<ns>.webhooks``, deliver, schedule the next attempt.
+
+Two kinds of message arrive on the queue. A message without ``x-payhook-merchant`` is a fresh
+event from the events exchange: the worker finds the merchant subscribed to it (if none, it
+is acked and forgotten). A message with the header is a retry (back from a delay queue) or an
+operator's replay, for that merchant only; ``x-payhook-attempt`` says which step of the
+schedule it is (default 1) and ``x-payhook-round`` which replay it belongs to (default 0).
+
+For each (event, merchant), in order:
+1. stale round (superseded by a replay) → ack, nothing else;
+2. attempt already finished (redelivered or duplicated message) → finish what was decided
+   then, if it was not carried out, and ack;
+3. endpoint disabled (410 or operator) → delivery parked, copy to the dead queue, ack;
+4. attempt (or skip it while the breaker is open), record it with the decision
+   (``retry.plan_next``), carry the decision out — publish to the delay queue or the dead
+   queue, with confirms — mark it carried out, and only then ack.
+A crash anywhere leaves the message unacked; its redelivery resumes at the right step, so
+the schedule neither loses a delivery nor runs an attempt twice (short of a crash during the
+HTTP call itself, which may repeat that one call: merchants dedupe on ``webhook-id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from contracts.config import Config, Merchant, Settings
+from contracts.errors import DecodeError
+from contracts.events import decode_event
+from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
+from workers import amqp, db
+from workers.webhooks import store
+from workers.webhooks.delivery import (
+    AttemptResult,
+    Endpoint,
+    EndpointRegistry,
+    canonical_body,
+    post_event,
+)
+from workers.webhooks.messages import HEADER_ROUND, Job, Publisher, header_int, header_str
+from workers.webhooks.retry import Action, Outcome, Plan, plan_next
+
+__all__ = ["WebhookWorker", "run_webhook_worker", "subscribed"]
+
+log = structlog.get_logger(__name__)
+
+_ERROR_BACKOFF_S = 1.0
+
+
+def subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
+    """``*``, an exact type, or a shell-style pattern such as ``payhook.payment.*``."""
+    return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in patterns)
+
+
+class _KeyedLocks:
+    """One lock per delivery, so two copies of its message never work on it at once.
+
+    After a broker reconnect the unacked messages come again while their first handlers may
+    still be running; the copy waits, then finds the attempt finished (step 2 above).
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class WebhookWorker:
+    """Everything a delivery needs, built once; ``handle`` is the queue's callback."""
+
+    def __init__(
+        self,
+        config: Config,
+        pool: asyncpg.Pool[Any],
+        publisher: Publisher,
+        endpoints: EndpointRegistry,
+        stop: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.schedule = config.webhook_schedule
+        self.pool = pool
+        self.publisher = publisher
+        self.endpoints = endpoints
+        self.stop = stop
+        self._locks = _KeyedLocks()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- message handling ------------------------------------------------------------------
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        # Own task per message: its lifetime is ours (drained on shutdown), not the channel's.
+        task = asyncio.create_task(self.handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self.process(message.body, message.headers or {})
+        except Exception:
+            log.exception("webhooks.message_failed", message_id=message.message_id)
+            # Back off so a broken dependency is not hammered, then let the broker redeliver.
+            await _sleep_or_stop(self.stop, _ERROR_BACKOFF_S)
+            await _settle(message.nack(requeue=True))
+            return
+        await _settle(message.ack())
+
+    async def process(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        """Handle one message body; returns when it may be acked, raises when it may not."""
+        merchant = header_str(headers, HEADER_MERCHANT)
+        correlation_id = header_str(headers, HEADER_CORRELATION_ID) or ""
+        try:
+            event = decode_event(body)
+        except DecodeError as exc:
+            log.warning("webhooks.undecodable", reason=str(exc))
+            await self.publisher.dead(None, "undecodable", body=body, headers=headers)
+            return
+        correlation_id = correlation_id or str(event.get("correlationid", ""))
+        if merchant is None:
+            targets = self.subscribers(event)
+            if not targets:
+                return
+            jobs = [Job(event, m, 0, 1, correlation_id) for m in targets]
+            if self.schedule[0] > 0:
+                # Even attempt 1 waits when the schedule says so.
+                await asyncio.gather(*(self._delay_first(job) for job in jobs))
+                return
+        else:
+            round_ = header_int(headers, HEADER_ROUND, 0)
+            attempt = header_int(headers, HEADER_ATTEMPT, 1)
+            jobs = [Job(event, merchant, round_, attempt, correlation_id)]
+        await asyncio.gather(*(self.deliver(job) for job in jobs))
+
+    def subscribers(self, event: Mapping[str, Any]) -> list[str]:
+        data = event.get("data")
+        if not isinstance(data, Mapping):
+            return []
+        merchant = self.config.merchant_for(str(data.get("provider")), str(data.get("account")))
+        if merchant is None or not subscribed(merchant.events, str(event["type"])):
+            return []
+        return [merchant.id]
+
+    async def _delay_first(self, job: Job) -> None:
+        await store.open_delivery(self.pool, job.event_id, job.merchant, job.event_type, 0)
+        await self.publisher.retry(job, 1, self.schedule[0])
+
+    # -- one delivery ----------------------------------------------------------------------
+
+    async def deliver(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(
+            event_id=job.event_id,
+            merchant=job.merchant,
+            attempt=job.attempt,
+            round=job.round,
+            correlation_id=job.correlation_id,
+        ):
+            async with self._locks.hold((job.event_id, job.merchant)):
+                await self._deliver(job)
+
+    async def _deliver(self, job: Job) -> None:
+        state = await store.open_delivery(
+            self.pool, job.event_id, job.merchant, job.event_type, job.round
+        )
+        if job.round < state.round:
+            log.info("webhooks.stale_message", current_round=state.round)
+            return
+        key = job.key()
+        record = await store.get_attempt(self.pool, key)
+        if record is not None and record.finished:
+            if record.plan is not None and not record.followed_up:
+                log.info("webhooks.resuming_follow_up", next=record.plan.action.value)
+                await self._follow_up(job, key, record.plan)
+            else:
+                log.info("webhooks.duplicate_message")
+            return
+
+        merchant = self.config.merchants.get(job.merchant)
+        disabled = _disabled_reason(merchant, state.disabled_reason)
+        endpoint = self.endpoints.get(job.merchant)
+        if disabled is not None or endpoint is None:
+            reason = disabled or "unknown merchant"
+            await store.park_delivery(self.pool, job.event_id, job.merchant, job.round, reason)
+            await self.publisher.dead(job, f"parked: {reason}")
+            log.warning("webhooks.parked", reason=reason)
+            return
+
+        result = await self._attempt(endpoint, key, job)
+        plan = plan_next(job.attempt, result.outcome, self.schedule, result.retry_after)
+        finished = store.FinishedAttempt(
+            result.outcome,
+            result.status_code,
+            result.error_class,
+            result.response_body,
+            result.duration_ms,
+        )
+        await store.finish_attempt(self.pool, key, finished, plan)
+        log.info(
+            "webhooks.attempted",
+            outcome=result.outcome.value,
+            status_code=result.status_code,
+            error_class=result.error_class,
+            duration_ms=result.duration_ms,
+            next=plan.action.value,
+            delay_s=plan.delay if plan.action is Action.RETRY else None,
+        )
+        await self._follow_up(job, key, plan)
+
+    async def _attempt(self, endpoint: Endpoint, key: store.AttemptKey, job: Job) -> AttemptResult:
+        breaker = endpoint.breaker
+        # Checked before waiting for a slot, so an open breaker sheds queued work at once...
+        if breaker.state == "open":
+            return await self._skip(key)
+        async with endpoint.semaphore:
+            # ...and again after, since it may have opened while this one waited.
+            if not breaker.allow():
+                return await self._skip(key)
+            try:
+                await store.start_attempt(self.pool, key)
+                result = await post_event(endpoint, job.event_id, canonical_body(job.event))
+            except BaseException:
+                breaker.release()
+                raise
+        if result.outcome is Outcome.DELIVERED:
+            breaker.record_success()
+        elif result.outcome is Outcome.FAILED:
+            breaker.record_failure()
+        else:
+            breaker.release()
+        return result
+
+    async def _skip(self, key: store.AttemptKey) -> AttemptResult:
+        await store.start_attempt(self.pool, key)
+        return AttemptResult(Outcome.FAILED, error_class="circuit_open")
+
+    async def _follow_up(self, job: Job, key: store.AttemptKey, plan: Plan) -> None:
+        if plan.action is Action.RETRY:
+            assert plan.next_attempt is not None
+            await self.publisher.retry(job, plan.next_attempt, plan.delay)
+        elif plan.action is Action.DEAD:
+            await self.publisher.dead(job, "schedule exhausted")
+            log.warning("webhooks.failed", attempts=job.attempt)
+        elif plan.action is Action.PARK:
+            await self.publisher.dead(job, "parked: 410 Gone")
+            log.warning("webhooks.endpoint_gone")
+        await store.mark_followed_up(self.pool, key)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait for in-flight deliveries; cancel what is left (those messages stay unacked)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("webhooks.abandoned_in_flight", count=len(pending))
+            await asyncio.wait(pending, timeout=1.0)
+
+
+def _disabled_reason(merchant: Merchant | None, endpoint_reason: str | None) -> str | None:
+    if endpoint_reason is not None:
+        return f"endpoint disabled: {endpoint_reason}"
+    if merchant is not None and not merchant.enabled:
+        return "endpoint disabled in config"
+    return None
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack/nack; on a channel lost meanwhile the broker redelivers, which step 2 absorbs."""
+    try:
+        await action
+    except Exception as exc:  # any failure here means "the broker redelivers"
+        log.info("webhooks.settle_failed", error=type(exc).__name__)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+
+
+async def run_webhook_worker(settings: Settings, config: Config, stop: asyncio.Event) -> None:
+    """Run the webhook worker until ``stop`` is set, then shut down gracefully."""
+    topology = Topology(settings.amqp_namespace)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+    endpoints = EndpointRegistry(config.merchants)
+    try:
+        connection = await amqp.connect(settings.amqp_url, name="payhook-webhooks")
+    except BaseException:
+        await pool.close()
+        raise
+    worker: WebhookWorker | None = None
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.webhook_prefetch)
+        await amqp.declare_topology(channel, topology, config.webhook_schedule)
+        publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(publish_channel, topology, settings.publish_timeout_s)
+        worker = WebhookWorker(config, pool, publisher, endpoints, stop)
+        queue = await channel.get_queue(topology.webhooks_queue)
+        tag = await queue.consume(worker.on_message)
+        log.info(
+            "webhooks.started", queue=topology.webhooks_queue, schedule=config.webhook_schedule
+        )
+        await stop.wait()
+        with suppress(Exception):
+            await queue.cancel(tag)
+        await worker.drain(settings.shutdown_grace_s)
+    finally:
+        if worker is not None:
+            await worker.drain(0)
+        await endpoints.close()
+        with suppress(Exception):
+            await connection.close()
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await pool.close()
+        log.info("webhooks.stopped")
