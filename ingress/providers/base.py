@@ -40,7 +40,7 @@ class Accepted:
     ack: Ack
 
 
-class Rejected(Exception):  # noqa: N818 - a verdict, not an error of ours
+class Rejected(Exception):
     """A request that is not a genuine, usable callback.
 
     ``status``: 400 malformed or missing parameters, 401 bad signature/secret, 403 source
@@ -80,6 +80,9 @@ class SimulatedRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     # The delays (seconds) between resends when the answer is not the provider's ack.
     retry_schedule: tuple[float, ...] = ()
+    # The answer that stops this provider resending; ``None``: any HTTP 200 does (the provider
+    # ignores the body).
+    expected_ack: Ack | None = None
 
 
 class ProviderModule(Protocol):

@@ -99,6 +99,7 @@ class Paygol:
             body=php_json(ipn).encode("ascii"),
             headers={"Content-Type": "application/json", SIG_HEADER: signature},
             retry_schedule=RETRY_SCHEDULE,
+            expected_ack=V2_ACK,
         )
 
 

@@ -147,6 +147,7 @@ class Paypro:
             body=json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
             headers={"Content-Type": "application/json"},
             retry_schedule=RETRY_SCHEDULE,
+            expected_ack=Ack(),
         )
 
 

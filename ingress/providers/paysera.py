@@ -118,14 +118,20 @@ class Paysera:
         else:
             raise ValueError("mode must be encrypted, ss1, ss2 or ss3")
         encoded = urlencode(params)
+        ack = Ack()
+        if extra.get("type") == "micro":
+            ack = Ack(body=b"OK " + (opt_str(account, "sms_reply") or DEFAULT_SMS_REPLY).encode())
         if extra.get("method", "GET").upper() == "POST":
             return SimulatedRequest(
                 method="POST",
                 body=encoded.encode("ascii"),
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
                 retry_schedule=RETRY_SCHEDULE,
+                expected_ack=ack,
             )
-        return SimulatedRequest(method="GET", query_string=encoded, retry_schedule=RETRY_SCHEDULE)
+        return SimulatedRequest(
+            method="GET", query_string=encoded, retry_schedule=RETRY_SCHEDULE, expected_ack=ack
+        )
 
 
 def _public_keys(account: ProviderAccount) -> tuple[rsa.RSAPublicKey, ...]:
