@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 # A pool or a connection: both have fetch/fetchrow/execute.
-Executor = asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+Executor: TypeAlias = (
+    "asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,349 @@
+"""The webhook worker against real RabbitMQ, Postgres and merchant HTTP servers.
+
+Schedules are in fractions of a second so the suite stays fast; the delay queues are the same
+ones the default schedule (0, 1 h, 3 h, 24 h) uses, only with shorter TTLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from contracts.statuses import Status
+
+from ..servers import BrokerJanitor
+
+from .helpers import (
+    MerchantServer,
+    MerchantSpec,
+    dead_messages,
+    declare,
+    delivery_states,
+    fail_first,
+    fetch,
+    insert_events,
+    make_config,
+    make_event,
+    make_settings,
+    new_secret,
+    publish_events,
+    run_command,
+    running_worker,
+    verify_all,
+    wait_until,
+)
+
+# Timestamps are taken on both sides of one loop; a millisecond absorbs float rounding only.
+EPSILON = 0.001
+
+
+def gaps(server: MerchantServer) -> list[float]:
+    times = [r.at for r in server.requests]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+async def attempt_rows(database_url: str, event_id: str) -> list[asyncpg.Record]:
+    return await fetch(
+        database_url,
+        "SELECT * FROM webhook_attempts WHERE event_id = $1 ORDER BY round, attempt",
+        event_id,
+    )
+
+
+async def test_fails_three_times_then_succeeds_after_exactly_four_attempts(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0, 0.3, 0.6, 0.9]
+    secret = new_secret()
+    async with MerchantServer(fail_first(3)).serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (secret,))], schedule)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        event = make_event("shop")
+        async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+            await publish_events(amqp_url, namespace, [event])
+            await shop.wait_for(4)
+            await wait_until(
+                lambda: _state_is(database_url, event["id"], "delivered"), timeout=10
+            )
+            await asyncio.sleep(0.3)  # nothing further may come
+
+    assert len(shop.requests) == 4
+    for gap, delay in zip(gaps(shop), schedule[1:], strict=True):
+        assert gap >= delay - EPSILON
+    # The same id on every attempt, every one signed, the same payload every time.
+    assert shop.webhook_ids() == [event["id"]] * 4
+    bodies = verify_all(shop.requests, secret)
+    assert all(body == event for body in bodies)
+    assert len({r.body for r in shop.requests}) == 1
+    assert all(r.headers["Content-Type"] == "application/json" for r in shop.requests)
+
+    rows = await attempt_rows(database_url, event["id"])
+    assert [r["attempt"] for r in rows] == [1, 2, 3, 4]
+    assert [r["status_code"] for r in rows] == [500, 500, 500, 200]
+    assert [r["next_action"] for r in rows] == ["retry", "retry", "retry", "done"]
+    assert rows[0]["response_body"] == "answer 1"
+    assert all(r["followed_up_at"] is not None for r in rows)
+    started = [r["started_at"] for r in rows]
+    assert started == sorted(started)
+    delivery = await fetch(database_url, "SELECT * FROM webhook_deliveries")
+    assert [(d["state"], d["attempts"]) for d in delivery] == [("delivered", 4)]
+
+
+async def _state_is(database_url: str, event_id: str, state: str) -> bool:
+    rows = await fetch(
+        database_url, "SELECT state FROM webhook_deliveries WHERE event_id = $1", event_id
+    )
+    return bool(rows) and all(r["state"] == state for r in rows)
+
+
+async def test_always_failing_is_parked_after_the_schedule_then_replay_delivers(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    schedule = [0, 0.2, 0.4]
+    secret = new_secret()
+    healthy = False
+
+    async def respond(n: int, _: web.Request) -> web.StreamResponse:
+        return web.Response(status=200 if healthy else 503, text="down for maintenance")
+
+    async with MerchantServer(respond).serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (secret,))], schedule)
+        settings = make_settings(database_url, amqp_url, namespace)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        event = make_event("shop")
+        await insert_events(database_url, [event])
+        async with running_worker(settings, config):
+            await publish_events(amqp_url, namespace, [event])
+            await wait_until(lambda: _state_is(database_url, event["id"], "failed"), timeout=10)
+            await asyncio.sleep(0.5)
+            assert len(shop.requests) == len(schedule)
+
+            dead = await dead_messages(amqp_url, namespace)
+            assert [m.message_id for m in dead] == [event["id"]]
+            assert dead[0].headers["x-payhook-dead-reason"] == "schedule exhausted"
+
+            capsys.readouterr()
+            assert await run_command(["webhooks", "failed"], settings, config) == 0
+            listing = capsys.readouterr().out
+            assert event["id"] in listing and "failed" in listing
+
+            assert await run_command(["webhooks", "attempts", event["id"]], settings, config) == 0
+            history = capsys.readouterr().out
+            assert history.count("503") == len(schedule)
+
+            healthy = True
+            assert await run_command(["webhooks", "replay", event["id"]], settings, config) == 0
+            await shop.wait_for(len(schedule) + 1)
+            await wait_until(lambda: _state_is(database_url, event["id"], "delivered"))
+
+    # Replay: same id, same payload bytes, fresh schedule (round 1, attempt 1).
+    assert shop.webhook_ids() == [event["id"]] * (len(schedule) + 1)
+    assert len({r.body for r in shop.requests}) == 1
+    verify_all(shop.requests, secret)
+    rows = await attempt_rows(database_url, event["id"])
+    assert [(r["round"], r["attempt"]) for r in rows] == [(0, 1), (0, 2), (0, 3), (1, 1)]
+    assert [r["next_action"] for r in rows] == ["retry", "retry", "dead", "done"]
+
+
+async def test_gone_disables_the_endpoint_and_enable_plus_replay_loses_nothing(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    schedule = [0, 0.2]
+    secret = new_secret()
+    async with MerchantServer(fail_first(1, status=410)).serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (secret,))], schedule)
+        settings = make_settings(database_url, amqp_url, namespace)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        events = [make_event("shop") for _ in range(4)]
+        ids = {e["id"] for e in events}
+        await insert_events(database_url, events)
+        async with running_worker(settings, config):
+            await publish_events(amqp_url, namespace, events[:1])
+            await wait_until(lambda: _state_is(database_url, events[0]["id"], "parked"))
+            endpoint = await fetch(database_url, "SELECT * FROM webhook_endpoints")
+            assert [(e["merchant"], e["disabled_reason"]) for e in endpoint] == [
+                ("shop", "410 Gone")
+            ]
+
+            # While disabled: no calls, every delivery parked (kept), none dropped.
+            await publish_events(amqp_url, namespace, events[1:])
+            await wait_until(
+                lambda: _all_states(database_url, ids, "parked"), timeout=10
+            )
+            assert len(shop.requests) == 1
+
+            capsys.readouterr()
+            assert await run_command(["webhooks", "enable", "shop"], settings, config) == 0
+            assert "4 parked deliveries" in capsys.readouterr().err
+            argv = ["webhooks", "replay", "--failed", "--merchant", "shop"]
+            assert await run_command(argv, settings, config) == 0
+            captured = capsys.readouterr()
+            assert "replayed 4 deliveries" in captured.out
+            assert "replay [" in captured.err  # the progress bar
+            await shop.wait_for(5)
+            await wait_until(lambda: _all_states(database_url, ids, "delivered"))
+
+    assert set(shop.webhook_ids()[1:]) == ids
+    verify_all(shop.requests, secret)
+    assert len(await dead_messages(amqp_url, namespace)) == 4  # one copy per parked delivery
+
+
+async def _all_states(database_url: str, ids: set[str], state: str) -> bool:
+    states = await delivery_states(database_url)
+    return {e for (e, _), s in states.items() if s == state} == ids
+
+
+async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0, 60]
+    release = asyncio.Event()
+
+    async def hang(_: int, __: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(status=200)
+
+    async with (
+        MerchantServer(hang).serving() as slow,
+        MerchantServer().serving() as fast,
+    ):
+        config = make_config(
+            [
+                MerchantSpec("slow", slow.url, (new_secret(),), {"max_in_flight": 2}),
+                MerchantSpec("fast", fast.url, (new_secret(),)),
+            ],
+            schedule,
+        )
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        try:
+            async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+                await publish_events(amqp_url, namespace, [make_event("slow") for _ in range(8)])
+                await slow.wait_for(2)
+                await publish_events(amqp_url, namespace, [make_event("fast") for _ in range(5)])
+                await fast.wait_for(5, timeout=10)
+                # Every fast delivery landed while the slow endpoint still holds its calls,
+                # and the slow one never got more than its max_in_flight at once.
+                assert not release.is_set()
+                assert len(slow.requests) == 2
+                release.set()
+                await slow.wait_for(8)
+        finally:
+            release.set()
+
+
+async def test_rotation_sends_both_signatures_and_each_secret_verifies(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0]
+    new, old = new_secret(), new_secret()
+    async with MerchantServer().serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (new, old))], schedule)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        events = [make_event("shop") for _ in range(2)]
+        async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+            await publish_events(amqp_url, namespace, events)
+            await shop.wait_for(2)
+
+    for request in shop.requests:
+        signatures = request.headers["webhook-signature"].split(" ")
+        assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    assert verify_all(shop.requests, new) == verify_all(shop.requests, old)
+    assert sorted(shop.webhook_ids()) == sorted(e["id"] for e in events)
+
+
+async def test_retry_after_later_than_the_next_step_is_honoured(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0, 0.1, 1.0]
+
+    async def busy_once(n: int, _: web.Request) -> web.StreamResponse:
+        if n == 1:
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.Response(status=200)
+
+    async with MerchantServer(busy_once).serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (new_secret(),))], schedule)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+            await publish_events(amqp_url, namespace, [make_event("shop")])
+            await shop.wait_for(2)
+
+    # The next step (0.1 s) is earlier than asked, so the smallest step >= 1 s was used.
+    assert gaps(shop)[0] >= 1.0 - EPSILON
+
+
+async def test_open_breaker_skips_calls_and_moves_deliveries_on(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0, 0.2]
+    extra: dict[str, Any] = {"max_in_flight": 1, "breaker_threshold": 2, "breaker_cooldown_s": 60}
+    async with MerchantServer(fail_first(100)).serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (new_secret(),), extra)], schedule)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        events = [make_event("shop") for _ in range(3)]
+        ids = {e["id"] for e in events}
+        async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+            await publish_events(amqp_url, namespace, events)
+            await wait_until(lambda: _all_states(database_url, ids, "failed"), timeout=10)
+
+    # Two failures opened the breaker; everything after was skipped, not stuck.
+    assert len(shop.requests) == 2
+    rows = await fetch(database_url, "SELECT error_class FROM webhook_attempts")
+    classes = sorted(str(r["error_class"]) for r in rows)
+    assert classes == ["None", "None"] + ["circuit_open"] * 4
+
+
+async def test_unsubscribed_events_are_skipped(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0]
+    extra = {"events": ["payhook.payment.refunded"]}
+    async with MerchantServer().serving() as shop:
+        config = make_config([MerchantSpec("shop", shop.url, (new_secret(),), extra)], schedule)
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        wanted = make_event("shop", status=Status.REFUNDED)
+        async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+            await publish_events(amqp_url, namespace, [make_event("shop"), wanted])
+            await shop.wait_for(1)
+            await asyncio.sleep(0.3)
+
+    assert shop.webhook_ids() == [wanted["id"]]
+    assert list((await delivery_states(database_url)).values()) == ["delivered"]
