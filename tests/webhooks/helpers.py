@@ -19,6 +19,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 from standardwebhooks import Webhook
 
@@ -95,15 +96,16 @@ class MerchantServer:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None and server.sockets
+        assert server is not None
+        assert server.sockets
         self.port = server.sockets[0].getsockname()[1]
         try:
             yield self
         finally:
             await runner.cleanup()
 
-    async def wait_for(self, count: int, timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout), self._arrived:
+    async def wait_for(self, count: int, within: float = 20.0) -> None:
+        async with asyncio.timeout(within), self._arrived:
             await self._arrived.wait_for(lambda: len(self.requests) >= count)
 
     def webhook_ids(self) -> list[str]:
@@ -186,7 +188,9 @@ def make_event(merchant: str, status: Status = Status.SUCCEEDED) -> dict[str, An
     return build_event(callback, merchant=merchant)
 
 
-async def publish_events(amqp_url: str, namespace: str, events: Iterable[Mapping[str, Any]]) -> None:
+async def publish_events(
+    amqp_url: str, namespace: str, events: Iterable[Mapping[str, Any]]
+) -> None:
     """Publish as the relay does: persistent, confirmed, to ``<ns>.events``."""
     topology = Topology(namespace)
     connection = await aio_pika.connect(amqp_url)
@@ -262,10 +266,11 @@ async def running_worker(settings: Settings, config: Config) -> AsyncIterator[as
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
+    check: Callable[[], Awaitable[bool]], within: float = 20.0, interval: float = 0.05
 ) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
+    """Poll ``check`` (a Postgres query: nothing to wait on but time) until it holds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - polling another process's writes
             await asyncio.sleep(interval)
 
 
@@ -282,7 +287,7 @@ async def delivery_states(database_url: str) -> dict[tuple[str, str], str]:
     return {(r["event_id"], r["merchant"]): r["state"] for r in rows}
 
 
-async def dead_messages(amqp_url: str, namespace: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+async def dead_messages(amqp_url: str, namespace: str) -> list[AbstractIncomingMessage]:
     topology = Topology(namespace)
     connection = await aio_pika.connect(amqp_url)
     out = []

@@ -7,6 +7,7 @@ ones the default schedule (0, 1 h, 3 h, 24 h) uses, only with shorter TTLs.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import asyncpg
@@ -14,8 +15,7 @@ import pytest
 from aiohttp import web
 
 from contracts.statuses import Status
-
-from ..servers import BrokerJanitor
+from tests.servers import BrokerJanitor
 
 from .helpers import (
     MerchantServer,
@@ -43,7 +43,7 @@ EPSILON = 0.001
 
 def gaps(server: MerchantServer) -> list[float]:
     times = [r.at for r in server.requests]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 async def attempt_rows(database_url: str, event_id: str) -> list[asyncpg.Record]:
@@ -71,7 +71,7 @@ async def test_fails_three_times_then_succeeds_after_exactly_four_attempts(
             await publish_events(amqp_url, namespace, [event])
             await shop.wait_for(4)
             await wait_until(
-                lambda: _state_is(database_url, event["id"], "delivered"), timeout=10
+                lambda: _state_is(database_url, event["id"], "delivered"), within=10
             )
             await asyncio.sleep(0.3)  # nothing further may come
 
@@ -127,7 +127,7 @@ async def test_always_failing_is_parked_after_the_schedule_then_replay_delivers(
         await insert_events(database_url, [event])
         async with running_worker(settings, config):
             await publish_events(amqp_url, namespace, [event])
-            await wait_until(lambda: _state_is(database_url, event["id"], "failed"), timeout=10)
+            await wait_until(lambda: _state_is(database_url, event["id"], "failed"), within=10)
             await asyncio.sleep(0.5)
             assert len(shop.requests) == len(schedule)
 
@@ -138,7 +138,8 @@ async def test_always_failing_is_parked_after_the_schedule_then_replay_delivers(
             capsys.readouterr()
             assert await run_command(["webhooks", "failed"], settings, config) == 0
             listing = capsys.readouterr().out
-            assert event["id"] in listing and "failed" in listing
+            assert event["id"] in listing
+            assert "failed" in listing
 
             assert await run_command(["webhooks", "attempts", event["id"]], settings, config) == 0
             history = capsys.readouterr().out
@@ -186,7 +187,7 @@ async def test_gone_disables_the_endpoint_and_enable_plus_replay_loses_nothing(
             # While disabled: no calls, every delivery parked (kept), none dropped.
             await publish_events(amqp_url, namespace, events[1:])
             await wait_until(
-                lambda: _all_states(database_url, ids, "parked"), timeout=10
+                lambda: _all_states(database_url, ids, "parked"), within=10
             )
             assert len(shop.requests) == 1
 
@@ -242,7 +243,7 @@ async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
                 await publish_events(amqp_url, namespace, [make_event("slow") for _ in range(8)])
                 await slow.wait_for(2)
                 await publish_events(amqp_url, namespace, [make_event("fast") for _ in range(5)])
-                await fast.wait_for(5, timeout=10)
+                await fast.wait_for(5, within=10)
                 # Every fast delivery landed while the slow endpoint still holds its calls,
                 # and the slow one never got more than its max_in_flight at once.
                 assert not release.is_set()
@@ -272,7 +273,8 @@ async def test_rotation_sends_both_signatures_and_each_secret_verifies(
 
     for request in shop.requests:
         signatures = request.headers["webhook-signature"].split(" ")
-        assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+        assert len(signatures) == 2
+        assert all(s.startswith("v1,") for s in signatures)
     assert verify_all(shop.requests, new) == verify_all(shop.requests, old)
     assert sorted(shop.webhook_ids()) == sorted(e["id"] for e in events)
 
@@ -318,7 +320,7 @@ async def test_open_breaker_skips_calls_and_moves_deliveries_on(
         ids = {e["id"] for e in events}
         async with running_worker(make_settings(database_url, amqp_url, namespace), config):
             await publish_events(amqp_url, namespace, events)
-            await wait_until(lambda: _all_states(database_url, ids, "failed"), timeout=10)
+            await wait_until(lambda: _all_states(database_url, ids, "failed"), within=10)
 
     # Two failures opened the breaker; everything after was skipped, not stuck.
     assert len(shop.requests) == 2
