@@ -1,0 +1,65 @@
+# shellcheck shell=bash
+# Shared by scripts/test and scripts/run (sourced, not executed).
+#
+# payhook_venv: create .venv if missing, and `pip install -e '.[dev]'` whenever pyproject.toml
+# (or the interpreter) changed since the last install (stamp in .venv/.payhook-installed).
+# payhook_services_up: start or reuse the servers, export their URLs, and register an EXIT trap
+# that stops only the servers this invocation started.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$REPO" || exit 1
+
+payhook_venv() {
+    local python=${PYTHON:-python3} stamp=.venv/.payhook-installed want
+    if [[ ! -x .venv/bin/python ]]; then
+        if ! "$python" -c 'import ensurepip' 2>/dev/null; then
+            # Debian ships venv's pip bootstrap separately.
+            local sudo=()
+            [[ $EUID -eq 0 ]] || sudo=(sudo)
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
+                install -y -q python3-venv
+        fi
+        echo "scripts: creating .venv with $("$python" --version)" >&2
+        "$python" -m venv .venv
+    fi
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(.venv/bin/python --version)"
+    if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+        echo "scripts: installing payhook and its dev dependencies into .venv" >&2
+        local t0=$SECONDS
+        .venv/bin/python -m pip install -q -e '.[dev]'
+        printf '%s' "$want" >"$stamp"
+        echo "scripts: installed in $((SECONDS - t0))s" >&2
+    fi
+    export PATH="$REPO/.venv/bin:$PATH"
+    export VIRTUAL_ENV="$REPO/.venv"
+}
+
+PAYHOOK_STARTED_FILE=
+payhook_stop_started() {
+    local status=$?
+    if [[ -n $PAYHOOK_STARTED_FILE ]]; then
+        if [[ -s $PAYHOOK_STARTED_FILE ]]; then
+            # shellcheck disable=SC2046
+            "$REPO/scripts/services.sh" stop $(sort -u "$PAYHOOK_STARTED_FILE") || true
+        fi
+        rm -f "$PAYHOOK_STARTED_FILE"
+    fi
+    return "$status"
+}
+
+payhook_services_up() {
+    PAYHOOK_STARTED_FILE=$(mktemp "${TMPDIR:-/tmp}/payhook-started.XXXXXX")
+    trap payhook_stop_started EXIT
+    # Turn Ctrl-C / SIGTERM into a normal exit so the EXIT trap runs once, after the child.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    "$REPO/scripts/services.sh" start --record "$PAYHOOK_STARTED_FILE"
+    local preset=${PAYHOOK_TEST_BROKER_CONTROL-}
+    eval "$("$REPO/scripts/services.sh" env)"
+    # An explicit PAYHOOK_TEST_BROKER_CONTROL from the caller wins (0 disables restart tests).
+    [[ -z $preset ]] || export PAYHOOK_TEST_BROKER_CONTROL=$preset
+    if [[ ${PAYHOOK_TEST_BROKER_CONTROL:-} == 1 ]]; then
+        echo "scripts: the broker is ours; tests may restart it (PAYHOOK_TEST_BROKER_CONTROL=1)" >&2
+    fi
+}

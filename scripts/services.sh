@@ -1,0 +1,573 @@
+#!/usr/bin/env bash
+# Start, stop and inspect the Postgres and RabbitMQ servers payhook needs, without Docker.
+#
+#   scripts/services.sh start [--record FILE]   reuse what answers, start private servers otherwise
+#   scripts/services.sh stop [postgres|rabbitmq ...]   stop the servers recorded in .local/started
+#   scripts/services.sh status                  what answers at the configured URLs, and whose it is
+#   scripts/services.sh env                     `export PAYHOOK_...=` lines for the current shell
+#   scripts/services.sh restart-rabbitmq        restart only our private broker, keeping its data
+#   scripts/services.sh is-ours postgres|rabbitmq   exit 0 when we started the server at that URL
+#   scripts/services.sh ctl ARGS...             rabbitmqctl against our private node
+#
+# Configuration (environment):
+#   PAYHOOK_DATABASE_URL  default postgresql://postgres@127.0.0.1:55432/payhook
+#   PAYHOOK_AMQP_URL      default amqp://guest:guest@127.0.0.1:55672/
+#   PAYHOOK_EPMD_PORT     default AMQP port - 3 (55669): the private node's own epmd
+#   PAYHOOK_RABBITMQ_DIST_PORT  default AMQP port + 1 (55673); CLI nodes use +2 .. +12
+#
+# If something already answers at a URL's host:port it is reused and never stopped. Otherwise
+# the Debian package is installed if missing and a private server is started on 127.0.0.1 with
+# its data under .local/ (git-ignored). .local/started records what this script started (one
+# line per process: kind pid port extra) so `stop` signals exactly those pids. `start --record
+# FILE` also appends the kinds started by this invocation to FILE, so a caller (scripts/test)
+# can stop only what it started itself.
+#
+# Postgres data lives in .local/pg, owned by the postgres user (initdb refuses root). When the
+# postgres user cannot reach that folder (a repo under a private home, say) or the socket path
+# would be too long, the data goes to /tmp/payhook-pg-<hash of the repo path> and .local/pg is
+# a symlink to it.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+LOCAL="$REPO/.local"
+STATE="$LOCAL/started"
+RMQ_BIN=/usr/lib/rabbitmq/bin
+DATABASE_URL=${PAYHOOK_DATABASE_URL:-postgresql://postgres@127.0.0.1:55432/payhook}
+AMQP_URL=${PAYHOOK_AMQP_URL:-amqp://guest:guest@127.0.0.1:55672/}
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+now() { printf '%s' "${EPOCHREALTIME/[.,]/}"; } # microseconds
+since() { # start -> "1.2s"
+    local ds=$((($(now) - $1) / 100000))
+    printf '%d.%ds' $((ds / 10)) $((ds % 10))
+}
+
+# URL -> "host<US>port<US>user<US>password<US>path" (path unquoted, without the leading "/").
+parse_url() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+from urllib.parse import unquote, urlsplit
+
+u = urlsplit(sys.argv[1])
+fields = [u.hostname or "127.0.0.1", str(u.port or sys.argv[2]), unquote(u.username or ""),
+          unquote(u.password or ""), unquote(u.path[1:])]
+print("\x1f".join(fields))
+PY
+}
+IFS=$'\x1f' read -r PG_HOST PG_PORT PG_USER PG_PASSWORD PG_DB < <(parse_url "$DATABASE_URL" 5432)
+IFS=$'\x1f' read -r MQ_HOST MQ_PORT MQ_USER MQ_PASSWORD MQ_VHOST < <(parse_url "$AMQP_URL" 5672)
+PG_USER=${PG_USER:-postgres}
+PG_DB=${PG_DB:-$PG_USER}
+MQ_USER=${MQ_USER:-guest}
+MQ_PASSWORD=${MQ_PASSWORD:-guest}
+MQ_VHOST=${MQ_VHOST:-/}
+EPMD_PORT=${PAYHOOK_EPMD_PORT:-$((MQ_PORT - 3))}
+DIST_PORT=${PAYHOOK_RABBITMQ_DIST_PORT:-$((MQ_PORT + 1))}
+NODE=payhook@localhost
+MQ_DIR="$LOCAL/rabbitmq"
+# What our processes' command lines contain (checked before signalling a recorded pid).
+PG_CMD="bin/postgres -D "
+RMQ_CMD="$MQ_DIR/home" # the node's -home
+EPMD_CMD="epmd -address 127.0.0.1 -port"
+
+is_loopback() { [[ $1 == 127.* || $1 == localhost ]]; }
+
+# ---------------------------------------------------------------------------- state file
+
+# Lines: "postgres PID PORT DATADIR" | "rabbitmq PID PORT WRAPPER_PID" | "epmd PID PORT".
+record_get() { # kind -> the record's fields, if any
+    [[ -f $STATE ]] || return 1
+    awk -v k="$1" '$1 == k { print; found = 1; exit } END { exit !found }' "$STATE"
+}
+record_put() { record_del "$1"; printf '%s\n' "$*" >>"$STATE"; }
+record_del() {
+    [[ -f $STATE ]] || return 0
+    awk -v k="$1" '$1 != k' "$STATE" >"$STATE.tmp" && mv "$STATE.tmp" "$STATE"
+}
+
+# Is pid alive and running the expected program? Guards against signalling a recycled pid.
+pid_is() { # pid fixed-string
+    [[ -n $1 && -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$2"
+}
+
+port_of() { # kind -> the port configured for it now
+    case $1 in postgres) echo "$PG_PORT" ;; rabbitmq) echo "$MQ_PORT" ;; epmd) echo "$EPMD_PORT" ;; esac
+}
+
+# The pid recorded for kind, if that process is still the one we started and serves the port
+# configured now (a server of ours on another port is not the one the URLs point at).
+live_pid() { # kind pattern
+    local kind pid port _
+    read -r kind pid port _ < <(record_get "$1") || return 1
+    [[ $port == "$(port_of "$1")" ]] && pid_is "$pid" "$2" && printf '%s' "$pid"
+}
+
+# One private instance per checkout (one data folder): refuse to start a second one elsewhere.
+refuse_other_port() { # kind pattern
+    local kind pid port _
+    read -r kind pid port _ < <(record_get "$1") || return 0
+    if [[ $port != "$(port_of "$1")" ]] && pid_is "$pid" "$2"; then
+        die "our $1 already runs on port $port (pid $pid); run scripts/services.sh stop first"
+    fi
+}
+
+# Alive and not a zombie: our servers are re-parented to PID 1, which may reap them late.
+alive() {
+    [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# Send a signal and wait for the process to go away; escalate after the timeout.
+stop_pid() { # pid signal timeout_s name
+    local pid=$1 sig=$2 timeout=$3 name=$4 t0 i
+    t0=$(now)
+    kill "-$sig" "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < timeout * 10; i++)); do
+        alive "$pid" || { log "$name (pid $pid) stopped in $(since "$t0")"; return 0; }
+        sleep 0.1
+    done
+    log "$name (pid $pid) still running after ${timeout}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+lock() {
+    mkdir -p "$LOCAL"
+    exec 9>"$LOCAL/services.lock"
+    flock 9
+}
+
+# --------------------------------------------------------------------------------- apt
+
+APT_UPDATED=
+apt_install() { # package
+    local sudo=()
+    [[ $EUID -eq 0 ]] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    local t0
+    t0=$(now)
+    if [[ -z $APT_UPDATED ]]; then
+        "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+        APT_UPDATED=1
+    fi
+    log "installing $1 (apt-get)"
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -q "$1" >&2
+    log "installed $1 in $(since "$t0")"
+}
+
+# ----------------------------------------------------------------------------- Postgres
+
+pg_bin() {
+    local d
+    d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+    [[ -d $d ]] && printf '%s' "$d"
+}
+
+as_postgres() {
+    if [[ $EUID -eq 0 ]]; then
+        (cd / && runuser -u postgres -- "$@" 9>&-)
+    else
+        (cd / && "$@" 9>&-)
+    fi
+}
+
+pg_answers() { # exit 0 when a server accepts connections at host:port
+    local bin
+    bin=$(pg_bin) || return 2
+    "$bin/pg_isready" -q -h "$PG_HOST" -p "$PG_PORT" -t 3
+}
+
+# Picks the data folder and makes sure the postgres user owns it (see the header).
+pg_datadir() {
+    local dir="$LOCAL/pg" owner=postgres fallback
+    [[ $EUID -eq 0 ]] || owner=$(id -un)
+    fallback="/tmp/payhook-pg-$(printf '%s' "$REPO" | sha1sum | cut -c1-12)"
+    if [[ -L $dir ]]; then
+        printf '%s' "$(readlink "$dir")"
+        return
+    fi
+    mkdir -p "$dir"
+    chown "$owner" "$dir"
+    chmod 700 "$dir"
+    if [[ ${#dir} -le 80 ]] && as_postgres test -w "$dir" -a -x "$dir"; then
+        printf '%s' "$dir"
+        return
+    fi
+    log "postgres cannot use $dir (permissions or socket path length); using $fallback"
+    rmdir "$dir"
+    mkdir -p "$fallback"
+    chown "$owner" "$fallback"
+    chmod 700 "$fallback"
+    ln -s "$fallback" "$dir"
+    printf '%s' "$fallback"
+}
+
+psql_admin() { # sql -> runs as the postgres superuser of our private server
+    as_postgres "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" \
+        -U postgres -d postgres -tA -c "$1"
+}
+
+pg_ensure_database() { # ours|reused
+    local bin
+    bin=$(pg_bin)
+    if [[ $1 == ours ]]; then
+        if [[ $PG_USER != postgres ]] && [[ -z $(psql_admin "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'") ]]; then
+            psql_admin "CREATE ROLE \"$PG_USER\" LOGIN SUPERUSER"
+            log "postgres: created role $PG_USER"
+        fi
+        if [[ -z $(psql_admin "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'") ]]; then
+            psql_admin "CREATE DATABASE \"$PG_DB\" OWNER \"$PG_USER\""
+            log "postgres: created database $PG_DB"
+        fi
+        return
+    fi
+    # A reused server: connect with the URL's credentials; failing here is only a warning.
+    local exists
+    if ! exists=$(PGPASSWORD=$PG_PASSWORD "$bin/psql" -X -q -h "$PG_HOST" -p "$PG_PORT" \
+        -U "$PG_USER" -d postgres -tA -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" 2>&1); then
+        log "postgres: warning: could not check database $PG_DB on the reused server: $exists"
+        return
+    fi
+    [[ -z $exists ]] || return 0
+    if PGPASSWORD=$PG_PASSWORD "$bin/createdb" -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$PG_DB"; then
+        log "postgres: created database $PG_DB"
+    else
+        log "postgres: warning: could not create database $PG_DB"
+    fi
+}
+
+start_postgres() { # record_file
+    local t0 pid dir bin
+    t0=$(now)
+    if pid=$(live_pid postgres "$PG_CMD") && pg_answers; then
+        log "postgres: already running (ours, pid $pid) at $PG_HOST:$PG_PORT"
+        pg_ensure_database ours
+        return
+    fi
+    if pg_answers; then
+        log "postgres: reusing the server at $PG_HOST:$PG_PORT (not ours; never stopped here)"
+        pg_ensure_database reused
+        return
+    fi
+    refuse_other_port postgres "$PG_CMD"
+    record_del postgres # stale: that process is gone
+    is_loopback "$PG_HOST" || die "nothing answers at $PG_HOST:$PG_PORT and it is not local"
+    [[ -x $(pg_bin)/initdb ]] || apt_install postgresql
+    bin=$(pg_bin)
+    dir=$(pg_datadir)
+    if [[ ! -f $dir/PG_VERSION ]]; then
+        as_postgres "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+        log "postgres: initialised $dir"
+    fi
+    if ! as_postgres "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 -s \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $dir" start; then
+        tail -n 20 "$dir/server.log" >&2 || true
+        die "postgres did not start (log: $dir/server.log)"
+    fi
+    pid=$(head -n1 "$dir/postmaster.pid")
+    record_put postgres "$pid" "$PG_PORT" "$dir"
+    [[ -z $1 ]] || echo postgres >>"$1"
+    pg_ensure_database ours
+    log "postgres: started (pid $pid, data $dir) at 127.0.0.1:$PG_PORT in $(since "$t0")"
+}
+
+stop_postgres() {
+    local kind pid _
+    read -r kind pid _ < <(record_get postgres) || return 0
+    # SIGINT is Postgres' "fast" shutdown; SIGTERM ("smart") would wait for every client.
+    if pid_is "$pid" "$PG_CMD"; then
+        stop_pid "$pid" INT 60 postgres
+    fi
+    record_del postgres
+}
+
+# ----------------------------------------------------------------------------- RabbitMQ
+
+# AMQP check: 0 = a broker answered the protocol header, 2 = nothing listens, 1 = something else.
+amqp_answers() {
+    python3 - "$MQ_HOST" "$MQ_PORT" <<'PY'
+import socket, sys
+
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+except OSError:
+    sys.exit(2)
+try:
+    s.settimeout(3)
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    reply = s.recv(8)
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+sys.exit(0 if reply[:1] == b"\x01" else 1)
+PY
+}
+
+# Everything a private node and its CLI need, per /work/shared/LOCAL-SERVERS.md.
+rmq_env() {
+    export HOME="$MQ_DIR/home"
+    export ERL_EPMD_PORT="$EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1
+    export RABBITMQ_CONF_ENV_FILE="$MQ_DIR/rabbitmq-env.conf"
+    export RABBITMQ_CONFIG_FILE="$MQ_DIR/rabbitmq.conf"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$MQ_DIR/enabled_plugins"
+    export RABBITMQ_MNESIA_BASE="$MQ_DIR/mnesia"
+    export RABBITMQ_LOG_BASE="$MQ_DIR/log"
+    export RABBITMQ_PID_FILE="$MQ_DIR/rabbitmq.pid"
+    export RABBITMQ_NODENAME="$NODE"
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    export RABBITMQ_NODE_PORT="$MQ_PORT"
+    export RABBITMQ_DIST_PORT="$DIST_PORT"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_CTL_DIST_PORT_MIN=$((MQ_PORT + 2)) RABBITMQ_CTL_DIST_PORT_MAX=$((MQ_PORT + 12))
+}
+
+ctl() { (rmq_env && "$RMQ_BIN/rabbitmqctl" -n "$NODE" "$@"); }
+
+rmq_prepare() {
+    mkdir -p "$MQ_DIR/home" "$MQ_DIR/mnesia" "$MQ_DIR/log"
+    local cookie="$MQ_DIR/home/.erlang.cookie"
+    if [[ ! -f $cookie ]]; then
+        (umask 077 && head -c 30 /dev/urandom | sha256sum | cut -c1-32 >"$cookie")
+    fi
+    chmod 400 "$cookie"
+    : >"$MQ_DIR/rabbitmq-env.conf"
+    printf '[].\n' >"$MQ_DIR/enabled_plugins"
+    cat >"$MQ_DIR/rabbitmq.conf" <<'CONF'
+# Private test/dev node started by scripts/services.sh; listeners come from RABBITMQ_NODE_*.
+# guest may only connect over loopback (the default), which is all this node listens on.
+loopback_users.guest = true
+log.file.level = info
+CONF
+}
+
+start_epmd() {
+    local pid
+    if pid=$(live_pid epmd "$EPMD_CMD"); then
+        return
+    fi
+    stop_epmd # one of ours left on another port, or a stale record
+    if (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT") 2>/dev/null; then
+        log "rabbitmq: an epmd already listens on 127.0.0.1:$EPMD_PORT; using it"
+        return
+    fi
+    # 9>&-: a server must not inherit (and keep holding) the services.lock descriptor.
+    setsid epmd -address 127.0.0.1 -port "$EPMD_PORT" </dev/null >>"$MQ_DIR/log/epmd.log" 2>&1 9>&- &
+    pid=$!
+    record_put epmd "$pid" "$EPMD_PORT"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT") 2>/dev/null && return
+        sleep 0.1
+    done
+    die "epmd did not start on 127.0.0.1:$EPMD_PORT"
+}
+
+# Starts the node (epmd first), waits for it, records its pid and sets RMQ_PID.
+RMQ_PID=
+rmq_launch() {
+    local wrapper waiter i
+    start_epmd
+    rm -f "$MQ_DIR/rabbitmq.pid"
+    (
+        rmq_env
+        cd "$MQ_DIR"
+        exec setsid "$RMQ_BIN/rabbitmq-server" </dev/null >>"$MQ_DIR/log/server.out" 2>&1 9>&-
+    ) &
+    wrapper=$!
+    # await_startup gives up at once while the node is not registered yet, so wait for
+    # that first (epmd -names is cheap; a CLI call costs about a second of VM start-up).
+    for ((i = 0; i < 600; i++)); do
+        epmd -port "$EPMD_PORT" -names 2>/dev/null | grep -q "^name ${NODE%@*} " && break
+        alive "$wrapper" || break
+        sleep 0.1
+    done
+    ctl await_startup --timeout 120 >/dev/null 2>&1 9>&- &
+    waiter=$!
+    while kill -0 "$waiter" 2>/dev/null; do
+        if ! alive "$wrapper"; then
+            kill "$waiter" 2>/dev/null || true
+            tail -n 30 "$MQ_DIR/log/server.out" >&2 || true
+            die "rabbitmq exited while starting (logs: $MQ_DIR/log)"
+        fi
+        sleep 0.2
+    done
+    if ! wait "$waiter"; then
+        tail -n 30 "$MQ_DIR/log/server.out" >&2 || true
+        kill -TERM "$wrapper" 2>/dev/null || true
+        die "rabbitmq did not finish starting (logs: $MQ_DIR/log)"
+    fi
+    for ((i = 0; i < 100; i++)); do
+        amqp_answers && break
+        sleep 0.1
+    done
+    amqp_answers || die "rabbitmq started but AMQP does not answer at 127.0.0.1:$MQ_PORT"
+    RMQ_PID=$(cat "$MQ_DIR/rabbitmq.pid")
+    record_put rabbitmq "$RMQ_PID" "$MQ_PORT" "$wrapper"
+}
+
+rmq_ensure_access() {
+    [[ $MQ_VHOST != / ]] && ctl add_vhost "$MQ_VHOST" >/dev/null 2>&1 || true
+    if [[ $MQ_USER != guest ]]; then
+        ctl add_user "$MQ_USER" "$MQ_PASSWORD" >/dev/null 2>&1 || true
+    fi
+    if [[ $MQ_USER != guest || $MQ_VHOST != / ]]; then
+        ctl set_permissions -p "$MQ_VHOST" "$MQ_USER" '.*' '.*' '.*' >/dev/null
+    fi
+}
+
+start_rabbitmq() { # record_file
+    local t0 pid rc=0
+    t0=$(now)
+    if pid=$(live_pid rabbitmq "$RMQ_CMD") && amqp_answers; then
+        log "rabbitmq: already running (ours, pid $pid) at $MQ_HOST:$MQ_PORT"
+        return
+    fi
+    amqp_answers || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        log "rabbitmq: reusing the broker at $MQ_HOST:$MQ_PORT (not ours; never stopped here)"
+        return
+    fi
+    refuse_other_port rabbitmq "$RMQ_CMD"
+    record_del rabbitmq # stale: that process is gone
+    [[ $rc -eq 2 ]] || die "something at $MQ_HOST:$MQ_PORT answers, but not as an AMQP broker"
+    is_loopback "$MQ_HOST" || die "nothing answers at $MQ_HOST:$MQ_PORT and it is not local"
+    [[ -x $RMQ_BIN/rabbitmq-server ]] || apt_install rabbitmq-server
+    rmq_prepare
+    local had_epmd=
+    live_pid epmd "$EPMD_CMD" >/dev/null && had_epmd=1
+    rmq_launch
+    [[ -z $1 ]] || { echo rabbitmq >>"$1"; [[ -n $had_epmd ]] || echo epmd >>"$1"; }
+    rmq_ensure_access
+    log "rabbitmq: started (pid $RMQ_PID, node $NODE, data $MQ_DIR) at 127.0.0.1:$MQ_PORT in $(since "$t0")"
+}
+
+stop_rabbitmq_node() {
+    local kind pid _ wrapper
+    read -r kind pid _ wrapper < <(record_get rabbitmq) || return 0
+    if pid_is "$pid" "$RMQ_CMD"; then
+        stop_pid "$pid" TERM 60 rabbitmq
+    fi
+    # The rabbitmq-server shell wrapper exits right after the VM; don't leave it behind.
+    local i
+    for ((i = 0; i < 50; i++)); do
+        pid_is "$wrapper" rabbitmq-server || break
+        sleep 0.1
+    done
+    if pid_is "$wrapper" rabbitmq-server; then
+        stop_pid "$wrapper" TERM 10 "rabbitmq wrapper"
+    fi
+    record_del rabbitmq
+}
+
+stop_epmd() {
+    local kind pid _
+    read -r kind pid _ < <(record_get epmd) || return 0
+    pid_is "$pid" "$EPMD_CMD" && stop_pid "$pid" TERM 10 epmd
+    record_del epmd
+}
+
+# ------------------------------------------------------------------------------ commands
+
+cmd_start() {
+    local record_file=
+    if [[ ${1:-} == --record ]]; then
+        record_file=${2:?--record needs a file}
+    fi
+    lock
+    local t0
+    t0=$(now)
+    start_postgres "$record_file"
+    start_rabbitmq "$record_file"
+    log "ready in $(since "$t0"): PAYHOOK_DATABASE_URL=$DATABASE_URL PAYHOOK_AMQP_URL=$AMQP_URL"
+}
+
+cmd_stop() {
+    local wanted=" ${*:-rabbitmq epmd postgres} " kind
+    lock
+    for kind in $wanted; do
+        case $kind in rabbitmq | epmd | postgres) ;; *) die "unknown server: $kind" ;; esac
+    done
+    # Broker first, its epmd after it, then Postgres, whatever order the caller gave.
+    for kind in rabbitmq epmd postgres; do
+        [[ $wanted == *" $kind "* ]] || continue
+        case $kind in
+            rabbitmq) stop_rabbitmq_node ;;
+            epmd)
+                # Only once no node of ours needs it any more.
+                record_get rabbitmq >/dev/null || stop_epmd ;;
+            postgres) stop_postgres ;;
+        esac
+    done
+    [[ -s $STATE ]] || rm -f "$STATE"
+}
+
+cmd_restart_rabbitmq() {
+    lock
+    live_pid rabbitmq "$RMQ_CMD" >/dev/null || die "the broker at $MQ_HOST:$MQ_PORT is not ours to restart"
+    local t0
+    t0=$(now)
+    stop_rabbitmq_node
+    rmq_launch
+    log "rabbitmq: restarted (pid $RMQ_PID) in $(since "$t0")"
+}
+
+cmd_is_ours() {
+    case ${1:?postgres or rabbitmq} in
+        postgres) live_pid postgres "$PG_CMD" >/dev/null && pg_answers ;;
+        rabbitmq) live_pid rabbitmq "$RMQ_CMD" >/dev/null && amqp_answers ;;
+        *) die "unknown server: $1" ;;
+    esac
+}
+
+cmd_status() {
+    local pid rc=0
+    if pg_answers; then
+        if pid=$(live_pid postgres "$PG_CMD"); then
+            echo "postgres: running (ours, pid $pid, data $(record_get postgres | cut -d' ' -f4)) at $PG_HOST:$PG_PORT"
+        else
+            echo "postgres: answering at $PG_HOST:$PG_PORT (not ours)"
+        fi
+    else
+        echo "postgres: nothing answers at $PG_HOST:$PG_PORT"
+        rc=3
+    fi
+    if amqp_answers; then
+        if pid=$(live_pid rabbitmq "$RMQ_CMD"); then
+            echo "rabbitmq: running (ours, pid $pid, node $NODE, epmd pid $(live_pid epmd "$EPMD_CMD" || echo '?'), data $MQ_DIR) at $MQ_HOST:$MQ_PORT"
+        else
+            echo "rabbitmq: answering at $MQ_HOST:$MQ_PORT (not ours)"
+        fi
+    else
+        echo "rabbitmq: nothing answers at $MQ_HOST:$MQ_PORT"
+        rc=3
+    fi
+    return $rc
+}
+
+cmd_env() {
+    printf 'export PAYHOOK_DATABASE_URL=%q\n' "$DATABASE_URL"
+    printf 'export PAYHOOK_AMQP_URL=%q\n' "$AMQP_URL"
+    if cmd_is_ours rabbitmq 2>/dev/null; then
+        printf 'export PAYHOOK_TEST_BROKER_CONTROL=1\n'
+    fi
+}
+
+case ${1:-} in
+    start) shift; cmd_start "$@" ;;
+    stop) shift; cmd_stop "$@" ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    restart-rabbitmq) cmd_restart_rabbitmq ;;
+    is-ours) shift; cmd_is_ours "$@" ;;
+    ctl)
+        shift
+        # Without our node a CLI call would only start a stray epmd of its own.
+        live_pid rabbitmq "$RMQ_CMD" >/dev/null || die "no private RabbitMQ node of ours at port $MQ_PORT"
+        ctl "$@"
+        ;;
+    *)
+        echo "usage: $0 {start [--record FILE]|stop [postgres|rabbitmq|epmd ...]|status|env|restart-rabbitmq|is-ours KIND|ctl ARGS...}" >&2
+        exit 2
+        ;;
+esac
