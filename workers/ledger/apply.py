@@ -1,0 +1,326 @@
+"""Apply a batch of ``CallbackReceived`` to the ledger in one transaction.
+
+Exactly once: within one transaction, (1) lock the batch's existing payment rows in id order,
+(2) look up which callbacks are already recorded - under those locks nobody else can be
+recording callbacks of these payments - and skip them and in-batch repeats, (3) decide each
+new callback in delivery order against the payment as the previous one left it, (4) write
+payments, callbacks (``ON CONFLICT DO NOTHING``: a count short of expected means the locking
+protocol was bypassed, so the batch is retried rather than trusted), journal entries and
+postings, and events (the outbox), then ``NOTIFY`` the relay once. The caller acks the AMQP
+messages only after the commit; a crash before it redelivers them and step (2) makes the
+replay a no-op.
+
+Payments the batch creates are inserted, not locked: if another transaction created the
+same payment meanwhile, the insert comes back short, the transaction rolls back, and the
+retry finds the row and locks it.
+
+If a batch keeps failing for a reason other than a lost connection, ``apply_each`` falls
+back to one transaction per message, so one bad message does not hold back the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from contracts.callbacks import CallbackReceived
+from contracts.config import Config
+from contracts.events import build_event, routing_key
+from contracts.statuses import VerifiedBy
+from workers.ledger import store
+from workers.ledger.decide import Payment, Verdict, decide, new_payment
+from workers.ledger.store import CallbackRow, Conn, EntryRow, EventRow, PostingRow
+
+__all__ = [
+    "ApplyResult",
+    "Incoming",
+    "LedgerContention",
+    "Policy",
+    "apply_batch",
+    "apply_each",
+    "apply_with_retry",
+    "is_connection_error",
+]
+
+log = structlog.get_logger(__name__)
+
+
+class LedgerContention(Exception):
+    """Another transaction got to a row first; the batch is retried from the start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One decoded message: the callback, its id, its JSON text, its correlation id."""
+
+    callback: CallbackReceived
+    id: str
+    body: str
+    correlation_id: str
+
+    @classmethod
+    def of(cls, callback: CallbackReceived, correlation_id: str = "") -> Incoming:
+        body = orjson.dumps(callback.to_json()).decode()
+        return cls(callback, callback.id, body, correlation_id or callback.correlation_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the ledger needs from the configuration.
+
+    ``[ledger] trust_source_address_without_expectation`` (default false): whether callbacks
+    proven only by their source address (Paysepro) may move money without a matching order
+    expectation. A per-account ``require_expectation = true|false`` overrides it for that
+    account, whatever its proof.
+    """
+
+    merchants: Mapping[tuple[str, str], str | None]
+    require: Mapping[tuple[str, str], bool]
+    trust_source_address: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Policy:
+        trust = config.ledger.get("trust_source_address_without_expectation", False)
+        if not isinstance(trust, bool):
+            raise TypeError("ledger.trust_source_address_without_expectation must be a boolean")
+        require: dict[tuple[str, str], bool] = {}
+        for key, account in config.accounts.items():
+            value = account.options.get("require_expectation")
+            if value is not None:
+                if not isinstance(value, bool):
+                    raise TypeError(
+                        f"providers.{key[0]}.{key[1]}.require_expectation must be a boolean"
+                    )
+                require[key] = value
+        return cls(
+            merchants={key: acc.merchant for key, acc in config.accounts.items()},
+            require=require,
+            trust_source_address=trust,
+        )
+
+    def merchant(self, provider: str, account: str) -> str | None:
+        return self.merchants.get((provider, account))
+
+    def require_expectation(self, callback: CallbackReceived) -> bool:
+        explicit = self.require.get((callback.provider, callback.account))
+        if explicit is not None:
+            return explicit
+        return callback.verified_by is VerifiedBy.SOURCE_ADDRESS and not self.trust_source_address
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    recorded: int = 0  # new callbacks written
+    duplicates: int = 0  # already recorded (redelivery, provider retry) or repeated in batch
+    events: int = 0
+    entries: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    attention: list[tuple[Incoming, Verdict]] = field(default_factory=list)
+
+    def add(self, other: ApplyResult) -> None:
+        self.recorded += other.recorded
+        self.duplicates += other.duplicates
+        self.events += other.events
+        self.entries += other.entries
+        self.outcomes.update(other.outcomes)
+        self.attention.extend(other.attention)
+
+
+def _memo(verdict: Verdict) -> str:
+    b, a = verdict.before.money, verdict.after.money
+    parts = [f"{verdict.outcome.value} {verdict.before.state}->{verdict.after.state}"]
+    for name, delta in (
+        ("paid", a.paid - b.paid),
+        ("refunded", a.refunded - b.refunded),
+        ("fee", a.fee - b.fee),
+    ):
+        if delta:
+            parts.append(f"{name} +{delta}")
+    return ", ".join(parts)
+
+
+def _event_row(item: Incoming, verdict: Verdict) -> EventRow:
+    callback = item.callback
+    assert verdict.event_status is not None
+    status = None if verdict.event_status is callback.status else verdict.event_status
+    merchant = verdict.after.merchant
+    event = build_event(callback, status=status, merchant=merchant, ledger=verdict.ledger)
+    return EventRow(
+        id=event["id"],
+        type=event["type"],
+        source=event["source"],
+        subject=event["subject"],
+        routing_key=routing_key(callback.kind, verdict.event_status, callback.provider),
+        provider=callback.provider,
+        account=callback.account,
+        merchant=merchant,
+        correlation_id=item.correlation_id,
+        body=orjson.dumps(event).decode(),
+    )
+
+
+async def apply_batch(conn: Conn, items: Sequence[Incoming], policy: Policy) -> ApplyResult:
+    """Apply ``items`` (in delivery order) in one transaction on ``conn``."""
+    async with conn.transaction():
+        return await _apply(conn, items, policy)
+
+
+async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> ApplyResult:
+    result = ApplyResult()
+    ids = [
+        store.payment_id(i.callback.provider, i.callback.account, i.callback.transaction_id)
+        for i in items
+    ]
+    current: dict[str, Payment] = await store.lock_payments(conn, sorted(set(ids)))
+    locked = dict(current)
+    seen = await store.existing_callbacks(conn, [i.id for i in items])
+    orders = {
+        (i.callback.provider, i.callback.account, order)
+        for i, pid in zip(items, ids, strict=True)
+        if (order := i.callback.order_id or (p.order_id if (p := current.get(pid)) else None))
+    }
+    expectations = await store.load_expectations(conn, orders)
+
+    callbacks: list[CallbackRow] = []
+    entries: list[EntryRow] = []
+    postings: list[PostingRow] = []
+    events: list[EventRow] = []
+    for item, pid in zip(items, ids, strict=True):
+        if item.id in seen:
+            result.duplicates += 1
+            continue
+        seen.add(item.id)
+        callback = item.callback
+        payment = current.get(pid)
+        if payment is None:
+            payment = new_payment(
+                pid, callback, policy.merchant(callback.provider, callback.account)
+            )
+        order_id = callback.order_id or payment.order_id
+        expectation = (
+            expectations.get((callback.provider, callback.account, order_id)) if order_id else None
+        )
+        verdict = decide(payment, callback, expectation, policy.require_expectation(callback))
+        current[pid] = verdict.after
+        result.outcomes[verdict.outcome.value] += 1
+        if verdict.reason is not None:
+            result.attention.append((item, verdict))
+        callbacks.append(
+            CallbackRow(
+                id=item.id,
+                payment_id=pid,
+                status=callback.status.value,
+                provider_status=callback.provider_status,
+                variant=callback.variant,
+                outcome=verdict.outcome.value,
+                reason=verdict.reason,
+                state_before=verdict.before.state,
+                state_after=verdict.after.state,
+                correlation_id=item.correlation_id,
+                body=item.body,
+            )
+        )
+        if verdict.legs:
+            entries.append(EntryRow(item.id, pid, _memo(verdict)))
+            postings.extend(
+                PostingRow(item.id, n, leg.account, leg.currency, leg.amount)
+                for n, leg in enumerate(verdict.legs)
+            )
+        if verdict.event_status is not None:
+            events.append(_event_row(item, verdict))
+
+    created = sorted((p for p in current.values() if not p.exists), key=lambda p: p.id)
+    changed = [p for pid, p in current.items() if p.exists and p != locked[pid]]
+    if await store.insert_payments(conn, created) != len(created):
+        raise LedgerContention("a payment this batch creates was created concurrently")
+    await store.update_payments(conn, changed)
+    if await store.insert_callbacks(conn, callbacks) != len(callbacks):
+        raise LedgerContention("a callback this batch records was recorded concurrently")
+    await store.insert_entries(conn, entries)
+    await store.insert_postings(conn, postings)
+    result.events = await store.insert_events(conn, events)
+    if result.events:
+        await store.notify_outbox(conn)
+    result.recorded = len(callbacks)
+    result.entries = len(entries)
+    return result
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database went away (or is refusing work for now): not the messages' fault."""
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.TooManyConnectionsError,
+    )
+
+
+_RETRYABLE = (
+    LedgerContention,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+async def apply_with_retry(
+    pool: asyncpg.Pool[Any], items: Sequence[Incoming], policy: Policy, attempts: int = 6
+) -> ApplyResult:
+    """``apply_batch`` on a pooled connection, retrying races (contention, deadlock)."""
+    for attempt in range(attempts):
+        try:
+            async with pool.acquire() as conn:
+                return await apply_batch(conn, items, policy)
+        except _RETRYABLE as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("ledger.batch_retry", reason=type(exc).__name__, attempt=attempt + 1)
+            await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def apply_each(
+    pool: asyncpg.Pool[Any], items: Sequence[Incoming], policy: Policy
+) -> tuple[ApplyResult, list[str | None]]:
+    """Apply ``items`` as one batch, or else one transaction each.
+
+    Returns the combined result and, per item, ``None`` (applied or duplicate) or why it
+    failed alone. A lost database connection is raised: the caller retries the whole batch
+    later, since no message is to blame.
+    """
+    try:
+        return await apply_with_retry(pool, items, policy), [None] * len(items)
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise
+        if len(items) == 1:
+            return ApplyResult(), [_why(exc)]
+        log.warning("ledger.batch_failed", error=_why(exc), size=len(items))
+    total = ApplyResult()
+    failures: list[str | None] = []
+    for item in items:
+        try:
+            total.add(await apply_with_retry(pool, [item], policy))
+            failures.append(None)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            failures.append(_why(exc))
+    return total, failures
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

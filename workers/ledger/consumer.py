@@ -1,0 +1,356 @@
+"""The ledger worker: consume ``<ns>.ledger`` in batches, apply, commit, then ack.
+
+Messages are collected into batches of up to ``ledger_batch_size`` (or whatever arrived
+within ``ledger_batch_wait_ms`` of the first), applied in one transaction (``apply.py``), and
+acked only after the commit, with one ``multiple`` ack up to the batch's last delivery tag.
+Two batches may be in flight at once (one committing while the next is decided), but they
+settle (ack/nack) strictly in delivery order, so a ``multiple`` ack never covers a message of a
+batch that has not committed.
+
+Failures:
+- A body that is not a ``CallbackReceived`` is poison: rejected at once, without requeue; the
+  queue's dead-letter exchange moves it to ``<ns>.ledger.dead`` (the log line says why).
+- A message that fails on its own (after the batch fell back to one transaction per message)
+  is nacked with requeue; the quorum queue counts deliveries. On its last allowed delivery the
+  worker publishes it to the dead-letter exchange itself, with ``x-payhook-error`` saying why,
+  and acks it. ``payhook ledger replay-dead`` puts dead messages back after a fix.
+- A lost database connection is nobody's fault: the batch is retried until the database is
+  back (or the worker stops, leaving the messages unacked for redelivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+import asyncpg
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from contracts.callbacks import decode_callback
+from contracts.config import Config, Settings
+from contracts.errors import DecodeError
+from contracts.topology import HEADER_CORRELATION_ID, Topology
+from workers import amqp, db
+from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each
+from workers.ledger.expectations import consume_orders
+
+__all__ = [
+    "HEADER_ERROR",
+    "HEADER_FAILED_AT",
+    "LedgerWorker",
+    "decode_message",
+    "run_ledger_worker",
+]
+
+log = structlog.get_logger(__name__)
+
+HEADER_ERROR = "x-payhook-error"
+HEADER_FAILED_AT = "x-payhook-failed-at"
+_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
+_PIPELINE_DEPTH = 2
+_DB_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+_SETTLE_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
+
+
+def decode_message(message: AbstractIncomingMessage) -> Incoming:
+    """Decode a ledger message; raises ``DecodeError`` for poison."""
+    callback = decode_callback(message.body)
+    try:
+        body = message.body.decode("utf-8")
+    except UnicodeDecodeError:  # decode_callback accepted it, so orjson would not: belt and braces
+        raise DecodeError("callback body is not UTF-8") from None
+    header = (message.headers or {}).get(HEADER_CORRELATION_ID)
+    correlation = header.decode() if isinstance(header, bytes) else str(header or "")
+    return Incoming(callback, callback.id, body, correlation or callback.correlation_id)
+
+
+@dataclass(slots=True)
+class _Batch:
+    messages: list[AbstractIncomingMessage] = field(default_factory=list)
+    items: list[Incoming] = field(default_factory=list)
+    ordered: bool = True  # one channel, increasing tags: a multiple ack is exact
+
+
+class LedgerWorker:
+    """Batches, applies and settles ledger messages; ``on_message`` is the consumer callback."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        pool: asyncpg.Pool[Any],
+        topology: Topology,
+        dead_exchange: AbstractExchange,
+    ) -> None:
+        self.pool = pool
+        self.policy = Policy.from_config(config)
+        self.topology = topology
+        self.dead_exchange = dead_exchange
+        self.batch_size = max(1, settings.ledger_batch_size)
+        self.batch_wait = max(0.0, settings.ledger_batch_wait_ms / 1000)
+        self.grace = settings.shutdown_grace_s
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.totals = ApplyResult()
+        self._slots = asyncio.Semaphore(_PIPELINE_DEPTH)
+        self._settled: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._channel: object = None
+        self._last_tag = 0
+        self._multiple_ok = True  # cleared for good once a batch is abandoned unacked
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Batch and apply until ``stop``; then let in-flight batches finish (with a grace)."""
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                batch = await self._collect(waiter)
+                if batch.messages:
+                    await self._slots.acquire()
+                    previous, self._settled = self._settled, asyncio.Future()
+                    task = asyncio.create_task(self._process(batch, previous, self._settled, stop))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            waiter.cancel()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace)
+        for task in pending:
+            task.cancel()  # its messages stay unacked: redelivered to whoever consumes next
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _collect(self, waiter: asyncio.Future[Any]) -> _Batch:
+        batch = _Batch()
+        getter = asyncio.ensure_future(self.inbox.get())
+        done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter not in done:
+            getter.cancel()
+            return batch
+        await self._add(batch, getter.result())
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch.messages) < self.batch_size:
+            while len(batch.messages) < self.batch_size and not self.inbox.empty():
+                await self._add(batch, self.inbox.get_nowait())
+            remaining = deadline - time.monotonic()
+            if len(batch.messages) >= self.batch_size or remaining <= 0 or waiter.done():
+                break
+            try:
+                message = await asyncio.wait_for(self.inbox.get(), remaining)
+            except TimeoutError:
+                break
+            await self._add(batch, message)
+        return batch
+
+    async def _add(self, batch: _Batch, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag or 0
+        if message.channel is not self._channel or tag <= self._last_tag:
+            # A reconnect (new channel, tags restart) or an out-of-order arrival.
+            if self._channel is not None:
+                batch.ordered = False
+            self._channel = message.channel
+        self._last_tag = tag
+        try:
+            item = decode_message(message)
+        except DecodeError as exc:
+            log.error(
+                "ledger.poison_message",
+                reason=str(exc),
+                message_id=message.message_id,
+                delivery_tag=message.delivery_tag,
+            )
+            with contextlib.suppress(*_SETTLE_ERRORS):
+                await message.reject(requeue=False)
+            return
+        batch.messages.append(message)
+        batch.items.append(item)
+
+    async def _process(
+        self,
+        batch: _Batch,
+        previous: asyncio.Future[None] | None,
+        settled: asyncio.Future[None],
+        stop: asyncio.Event,
+    ) -> None:
+        try:
+            outcome = await self._apply(batch.items, stop)
+            if previous is not None:
+                await asyncio.shield(previous)
+            if outcome is None:
+                self._multiple_ok = False  # abandoned unacked: later multiple acks would cover it
+                return
+            result, failures = outcome
+            self.totals.add(result)
+            await self._settle(batch, failures)
+            self._log(result, failures)
+        finally:
+            if not settled.done():
+                settled.set_result(None)
+            self._slots.release()
+
+    async def _apply(
+        self, items: Sequence[Incoming], stop: asyncio.Event
+    ) -> tuple[ApplyResult, list[str | None]] | None:
+        attempt = 0
+        while True:
+            try:
+                return await apply_each(self.pool, items, self.policy)
+            except Exception as exc:
+                # apply_each only lets connection errors through: wait for the database.
+                delay = _DB_RETRY_S[min(attempt, len(_DB_RETRY_S) - 1)]
+                attempt += 1
+                log.warning("ledger.database_unavailable", error=repr(exc), retry_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return None
+
+    async def _settle(self, batch: _Batch, failures: Sequence[str | None]) -> None:
+        ok: list[AbstractIncomingMessage] = []
+        for message, item, why in zip(batch.messages, batch.items, failures, strict=True):
+            if why is None:
+                ok.append(message)
+            else:
+                await self._fail(message, item, why)
+        if not ok:
+            return
+        try:
+            if batch.ordered and self._multiple_ok:
+                await ok[-1].ack(multiple=True)
+            else:
+                for message in ok:
+                    await message.ack()
+        except _SETTLE_ERRORS as exc:
+            # The channel went away after the commit: the broker redelivers, dedupe absorbs it.
+            log.warning("ledger.ack_lost", error=repr(exc), count=len(ok))
+
+    async def _fail(self, message: AbstractIncomingMessage, item: Incoming, why: str) -> None:
+        raw = (message.headers or {}).get(_DELIVERY_COUNT)
+        count = raw if isinstance(raw, int) else 0
+        last = count + 1 >= self.topology.ledger_delivery_limit
+        with structlog.contextvars.bound_contextvars(
+            callback_id=item.id, correlation_id=item.correlation_id
+        ):
+            log.error(
+                "ledger.message_failed",
+                error=why,
+                delivery_count=count,
+                dead_lettered=last,
+                provider=item.callback.provider,
+                account=item.callback.account,
+            )
+        try:
+            if last:
+                headers = dict(message.headers or {})
+                headers[HEADER_ERROR] = why
+                headers[HEADER_FAILED_AT] = datetime.now(UTC).isoformat()
+                await self.dead_exchange.publish(
+                    aio_pika.Message(
+                        message.body,
+                        headers=headers,
+                        content_type=message.content_type,
+                        message_id=message.message_id,
+                        correlation_id=message.correlation_id,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=self.topology.ledger_queue,
+                )
+                await message.ack()
+            else:
+                await message.nack(requeue=True)
+        except _SETTLE_ERRORS as exc:
+            log.warning("ledger.settle_lost", error=repr(exc))
+
+    def _log(self, result: ApplyResult, failures: Sequence[str | None]) -> None:
+        for item, verdict in result.attention:
+            if verdict.outcome.value in ("stale", "late"):
+                continue
+            with structlog.contextvars.bound_contextvars(
+                callback_id=item.id, correlation_id=item.correlation_id
+            ):
+                log.warning(
+                    "ledger.callback_needs_attention",
+                    outcome=verdict.outcome.value,
+                    reason=verdict.reason,
+                    provider=item.callback.provider,
+                    account=item.callback.account,
+                    transaction_id=item.callback.transaction_id,
+                )
+        log.debug(
+            "ledger.batch_applied",
+            recorded=result.recorded,
+            duplicates=result.duplicates,
+            events=result.events,
+            entries=result.entries,
+            failed=sum(1 for why in failures if why is not None),
+        )
+
+
+async def _consume(queue: AbstractQueue, worker: LedgerWorker, stop: asyncio.Event) -> None:
+    tag = await queue.consume(worker.on_message, no_ack=False)
+    try:
+        await worker.run(stop)
+    finally:
+        with contextlib.suppress(*_SETTLE_ERRORS, asyncio.CancelledError):
+            await queue.cancel(tag)
+
+
+async def run_ledger_worker(settings: Settings, config: Config, stop: asyncio.Event) -> None:
+    """Run the ledger worker (and the orders-queue consumer) until ``stop`` is set."""
+    topology = Topology(settings.amqp_namespace)
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=4)
+    connection = None
+    try:
+        connection = await amqp.connect(settings.amqp_url, name="payhook-ledger")
+        control: AbstractChannel = await connection.channel(publisher_confirms=True)
+        await amqp.declare_topology(control, topology, config.webhook_schedule)
+        dead = await control.get_exchange(topology.ledger_dead_exchange, ensure=False)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.ledger_prefetch)
+        queue = await channel.get_queue(topology.ledger_queue, ensure=False)
+        orders_channel = await connection.channel()
+        await orders_channel.set_qos(prefetch_count=32)
+        worker = LedgerWorker(settings, config, pool, topology, dead)
+        log.info(
+            "ledger.started",
+            queue=topology.ledger_queue,
+            batch_size=worker.batch_size,
+            prefetch=settings.ledger_prefetch,
+        )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consume_orders(orders_channel, topology, pool, config, stop))
+            group.create_task(_consume(queue, worker, stop))
+        log.info(
+            "ledger.stopped",
+            recorded=worker.totals.recorded,
+            duplicates=worker.totals.duplicates,
+        )
+    finally:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await connection.close()
+        try:
+            async with asyncio.timeout(5):
+                await pool.close()
+        except TimeoutError:
+            pool.terminate()

@@ -1,0 +1,230 @@
+"""Order expectations: what a merchant's checkout says it expects to be paid.
+
+Registered before the payer pays, by ``POST /orders`` on the admin listener or by a message on
+the ``<ns>.orders`` queue (same JSON document either way)::
+
+    {"merchant": "shop", "provider": "paysera", "account": "main", "order_id": "ORD-1001",
+     "amount": 1250, "currency": "EUR", "test": false}
+
+``amount`` is in minor units (an integer); ``amount_major`` (a decimal string, ``"12.50"``)
+may be sent instead. When a callback names an order with an expectation, its amount,
+currency and test flag must agree, or the ledger records ``amount_mismatch`` and moves no
+money. Re-registering the same values is harmless; changing them is allowed until money has
+moved for that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from contracts.callbacks import CallbackReceived
+from contracts.config import Config
+from contracts.errors import ContractError
+from contracts.money import exponent_of, major_to_minor
+from contracts.statuses import Status
+from contracts.topology import Topology
+from workers.ledger.conn import Conn
+
+__all__ = [
+    "Expectation",
+    "InvalidExpectation",
+    "Registration",
+    "consume_orders",
+    "mismatch",
+    "parse_expectation",
+    "register_expectation",
+]
+
+log = structlog.get_logger(__name__)
+
+Registration = Literal["created", "unchanged", "updated", "conflict"]
+
+_MAX_ORDER_ID = 200
+
+
+class InvalidExpectation(ValueError):
+    """An expectation document that cannot be registered; the message says which field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    merchant: str
+    provider: str
+    account: str
+    order_id: str
+    amount: int  # minor units
+    currency: str
+    test: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "merchant": self.merchant,
+            "provider": self.provider,
+            "account": self.account,
+            "order_id": self.order_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "test": self.test,
+        }
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value or len(value) > _MAX_ORDER_ID:
+        raise InvalidExpectation(f"{key} must be a non-empty string of at most {_MAX_ORDER_ID}")
+    return value
+
+
+def parse_expectation(data: Any, config: Config) -> Expectation:
+    """Validate a registration document against the configuration."""
+    if not isinstance(data, dict):
+        raise InvalidExpectation("expected a JSON object")
+    merchant = _text(data, "merchant")
+    provider = _text(data, "provider")
+    account = _text(data, "account")
+    order_id = _text(data, "order_id")
+    currency = _text(data, "currency")
+    try:
+        exponent_of(currency)
+        if "amount" in data:
+            amount = data["amount"]
+            if isinstance(amount, bool) or not isinstance(amount, int):
+                raise InvalidExpectation("amount must be an integer of minor units")
+        elif isinstance(data.get("amount_major"), str):
+            amount = major_to_minor(data["amount_major"], currency)
+        else:
+            raise InvalidExpectation("amount (minor units) or amount_major (string) is required")
+    except ContractError as exc:
+        raise InvalidExpectation(str(exc)) from None
+    if amount <= 0:
+        raise InvalidExpectation("amount must be positive")
+    test = data.get("test", False)
+    if not isinstance(test, bool):
+        raise InvalidExpectation("test must be true or false")
+    acc = config.account(provider, account)
+    if acc is None:
+        raise InvalidExpectation(f"unknown provider account {provider}/{account}")
+    if merchant not in config.merchants or acc.merchant != merchant:
+        raise InvalidExpectation(f"account {provider}/{account} does not belong to {merchant}")
+    return Expectation(merchant, provider, account, order_id, amount, currency, test)
+
+
+def mismatch(expectation: Expectation, callback: CallbackReceived, paid: int | None) -> str | None:
+    """Why ``callback`` disagrees with ``expectation`` (comma-separated fields), or None.
+
+    ``paid`` is what a ``succeeded`` callback says was settled: a success for less than the
+    order is a mismatch too (a partial payment must say ``partially_paid``).
+    """
+    reasons: list[str] = []
+    if callback.currency is not None and callback.currency != expectation.currency:
+        reasons.append("currency")
+    if callback.amount is not None and callback.amount != expectation.amount:
+        reasons.append("amount")
+    if (
+        callback.status is Status.SUCCEEDED
+        and paid is not None
+        and "amount" not in reasons
+        and "currency" not in reasons
+        and paid != expectation.amount
+    ):
+        reasons.append("paid_amount")
+    if callback.test != expectation.test:
+        reasons.append("test")
+    return ",".join(reasons) or None
+
+
+_SELECT = """
+SELECT merchant, amount, currency, test FROM order_expectations
+WHERE provider = $1 AND account = $2 AND order_id = $3 FOR UPDATE
+"""
+_INSERT = """
+INSERT INTO order_expectations (provider, account, order_id, merchant, amount, currency, test)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING
+"""
+_MONEY_MOVED = """
+SELECT EXISTS (SELECT 1 FROM payments WHERE provider = $1 AND account = $2 AND order_id = $3
+               AND (paid > 0 OR refund_sum > 0 OR full_refund))
+"""
+_UPDATE = """
+UPDATE order_expectations SET merchant = $4, amount = $5, currency = $6, test = $7,
+       updated_at = now()
+WHERE provider = $1 AND account = $2 AND order_id = $3
+"""
+
+
+async def register_expectation(conn: Conn, exp: Expectation) -> Registration:
+    """Insert or update ``exp``; ``conflict`` when money already moved under other terms."""
+    args = (exp.provider, exp.account, exp.order_id, exp.merchant, exp.amount, exp.currency)
+    for _ in range(3):  # a concurrent first registration of the same order: look again
+        async with conn.transaction():
+            row = await conn.fetchrow(_SELECT, *args[:3])
+            if row is None:
+                status = await conn.execute(_INSERT, *args, exp.test)
+                if status.endswith(" 1"):
+                    return "created"
+                continue
+            if (row["merchant"], row["amount"], row["currency"], row["test"]) == (
+                *args[3:],
+                exp.test,
+            ):
+                return "unchanged"
+            if await conn.fetchval(_MONEY_MOVED, *args[:3]):
+                return "conflict"
+            await conn.execute(_UPDATE, *args, exp.test)
+            return "updated"
+    raise RuntimeError("expectation registration kept racing")  # pragma: no cover
+
+
+async def consume_orders(
+    channel: AbstractChannel,
+    topology: Topology,
+    pool: asyncpg.Pool[Any],
+    config: Config,
+    stop: asyncio.Event,
+) -> None:
+    """Register expectations from ``<ns>.orders`` until ``stop``; ack after the commit.
+
+    An invalid document is rejected (the orders queue has no dead-letter exchange, so it is
+    dropped) with a log line; a database error requeues the message.
+    """
+    queue = await channel.get_queue(topology.orders_queue, ensure=False)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        try:
+            exp = parse_expectation(orjson.loads(message.body), config)
+        except (orjson.JSONDecodeError, InvalidExpectation) as exc:
+            log.warning("ledger.order_rejected", reason=str(exc), message_id=message.message_id)
+            await message.reject(requeue=False)
+            return
+        try:
+            async with pool.acquire() as conn:
+                result = await register_expectation(conn, exp)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            log.warning("ledger.order_retry", error=repr(exc), order_id=exp.order_id)
+            await asyncio.sleep(1.0)
+            await message.nack(requeue=True)
+            return
+        (log.warning if result == "conflict" else log.info)(
+            "ledger.order_registered",
+            provider=exp.provider,
+            account=exp.account,
+            order_id=exp.order_id,
+            result=result,
+        )
+        await message.ack()
+
+    tag = await queue.consume(on_message, no_ack=False)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await queue.cancel(tag)
