@@ -28,14 +28,20 @@ async def connect(amqp_url: str, *, name: str) -> AbstractRobustConnection:
 def retry_queue_arguments(topology: Topology, delay_seconds: float) -> dict[str, Any]:
     """A delay queue: messages sit for ``delay_seconds`` then dead-letter back to the work queue.
 
-    Classic durable queue on purpose: quorum queues only expire messages at the head, which
-    is fine here too, but classic queues keep a per-step queue cheap and the TTL is uniform per
-    queue, so head-of-line expiry is exact either way.
+    Quorum with at-least-once dead-lettering, not classic: a classic queue dead-letters
+    at-most-once, and a message whose TTL ran out while the broker was down is dead-lettered
+    during recovery, before the (quorum) work queue is available again, and silently dropped
+    (seen with RabbitMQ 3.10 in tests/webhooks/test_crash.py). At-least-once keeps it until the
+    work queue confirms it; that strategy requires ``reject-publish`` overflow. Quorum queues
+    expire only at the head, which is exact here since the TTL is uniform per queue.
     """
     return {
+        "x-queue-type": "quorum",
         "x-message-ttl": int(delay_seconds * 1000),
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": topology.webhooks_queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
     }
 
 

@@ -72,6 +72,13 @@ async def worker_process(
             await proc.wait()
 
 
+@asynccontextmanager
+async def _same(
+    proc: asyncio.subprocess.Process,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    yield proc
+
+
 async def attempt_followed_up(database_url: str, event_id: str, attempt: int) -> bool:
     rows = await fetch(
         database_url,
@@ -90,6 +97,8 @@ async def kill_while_waiting(
     janitor: BrokerJanitor,
     tmp_path: Path,
     meanwhile: Callable[[], Awaitable[None]] | None,
+    *,
+    kill: bool = True,
 ) -> None:
     await declare(amqp_url, namespace, SCHEDULE, janitor)
     event = make_event("shop")
@@ -108,16 +117,17 @@ async def kill_while_waiting(
             await shop.wait_for(1)
             # Attempt 1 failed and its retry sits in the 2 s delay queue: now kill -9.
             await wait_until(lambda: attempt_followed_up(database_url, event["id"], 1))
-            first.send_signal(signal.SIGKILL)
-            assert await first.wait() == -signal.SIGKILL
-        if meanwhile is not None:
-            await meanwhile()
-        async with worker_process(env, log) as second:
-            await shop.wait_for(3, within=60)
-            await wait_until(lambda: attempt_followed_up(database_url, event["id"], 3))
-            await asyncio.sleep(0.5)  # room for a fourth attempt, which must not come
-            second.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(second.wait(), timeout=20) == 0, log.read_text()
+            if kill:
+                first.send_signal(signal.SIGKILL)
+                assert await first.wait() == -signal.SIGKILL
+            if meanwhile is not None:
+                await meanwhile()
+            async with worker_process(env, log) if kill else _same(first) as second:
+                await shop.wait_for(3, within=60)
+                await wait_until(lambda: attempt_followed_up(database_url, event["id"], 3))
+                await asyncio.sleep(0.5)  # room for a fourth attempt, which must not come
+                second.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(second.wait(), timeout=20) == 0, log.read_text()
 
     assert len(shop.requests) == 3
     times = [r.at for r in shop.requests]
@@ -154,4 +164,24 @@ async def test_killed_worker_and_restarted_broker_keep_the_schedule(
 ) -> None:
     await kill_while_waiting(
         database_url, amqp_url, namespace, amqp_cleanup, tmp_path, broker_control.restart
+    )
+
+
+async def test_running_worker_rides_out_a_broker_restart(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+    broker_control: BrokerControl,
+    tmp_path: Path,
+) -> None:
+    await kill_while_waiting(
+        database_url,
+        amqp_url,
+        namespace,
+        amqp_cleanup,
+        tmp_path,
+        broker_control.restart,
+        kill=False,
     )
