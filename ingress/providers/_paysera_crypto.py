@@ -57,9 +57,14 @@ def b64url_decode(text: str) -> bytes | None:
     std = text.translate(_TO_STD)
     std += "=" * (-len(std) % 4)  # tolerate stripped padding; the signature still covers `text`
     try:
-        return base64.b64decode(std, validate=True)
+        raw = base64.b64decode(std, validate=True)
     except (binascii.Error, ValueError):
         return None
+    # Only the canonical encoding (unused low bits zero) is accepted: PHP never sends another,
+    # and two spellings of one ciphertext would be two requests that are secretly the same.
+    if base64.b64encode(raw).decode("ascii") != std:
+        return None
+    return raw
 
 
 def ss1(data: str, password: str) -> str:

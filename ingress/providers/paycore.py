@@ -143,10 +143,13 @@ class PayCore:
             raise ValueError(f"paycore cannot send {payment.kind} status {payment.status!r}")
         major_to_minor(payment.amount, payment.currency)  # refuse what PayCore could not send
         prefix = "cpoi_" if payout else "cpi_"
+        # Placeholders become bare JSON numbers after encoding; the nonce keeps an order id
+        # that happens to look like one from being replaced.
+        nonce = uuid.uuid4().hex
         attributes: dict[str, Any] = {
             "status": status,
             "resolution": "ok",
-            "amount": "\0amount",
+            "amount": f"\0amount{nonce}",
             "currency": payment.currency,
             "reference_id": payment.order_id,
             "test_mode": payment.test,
@@ -155,7 +158,7 @@ class PayCore:
         for key in ("processed_amount", "refunded_amount", "fee"):
             if key in payment.extra:
                 major_to_minor(payment.extra[key], payment.currency)
-                attributes[key] = f"\0{key}"
+                attributes[key] = f"\0{key}{nonce}"
                 numbers[key] = payment.extra[key]
         document = {
             "data": {
@@ -166,7 +169,7 @@ class PayCore:
         }
         text = json.dumps(document, separators=(",", ":")).replace("/", "\\/")
         for key, number in numbers.items():  # major units as JSON numbers, digits preserved
-            text = text.replace(f'"\\u0000{key}"', str(Decimal(number)))
+            text = text.replace(f'"\\u0000{key}{nonce}"', str(Decimal(number)))
         body = text.encode("utf-8")
         return SimulatedRequest(
             method="POST",

@@ -57,7 +57,8 @@ _STATUSES: Mapping[str, Status] = {
 _LEGACY_DETAILS = ("country", "shortcode", "keyword", "operator", "points")
 _V2_DETAILS = ("method", "country")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_NATURAL = re.compile(r"(\d+)")
+_NATURAL = re.compile(r"([0-9]+)")  # PHP works on bytes: ASCII digits only
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class Paygol:
@@ -190,7 +191,7 @@ def _verify_v2(
     if not isinstance(document, dict):
         raise Rejected(400, "body is not a JSON object")
     canonical = canonical_json(document)
-    received = signature.lower().encode("ascii")
+    received = signature.encode("ascii")  # exact bytes: PHP sends lowercase hex
     expected: list[bytes] = []
     for secret in secrets_of(account, "secret"):
         key = secret.reveal().encode("utf-8")
@@ -231,11 +232,11 @@ def _natural_case_key(key: str) -> tuple[tuple[int, int, str], ...]:
     for chunk in _NATURAL.split(key):
         if not chunk:
             continue
-        if chunk.isdigit():
+        if chunk[0] in "0123456789":
             parts.append((1, int(chunk), ""))
         else:
             # Characters below '0' sort before digit runs, the rest after.
-            parts.append((0 if chunk[0] < "0" else 2, 0, chunk.upper()))
+            parts.append((0 if chunk[0] < "0" else 2, 0, chunk.translate(_ASCII_UPPER)))
     return tuple(parts)
 
 

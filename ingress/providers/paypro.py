@@ -116,7 +116,7 @@ class Paypro:
                 expected.append(hashlib.md5(text + salt).hexdigest().encode("ascii"))
             if position in ("prepend", "either"):
                 expected.append(hashlib.md5(salt + text).hexdigest().encode("ascii"))
-        if not any_secret_matches(expected, received.lower().encode("ascii")):
+        if not any_secret_matches(expected, received.encode("ascii")):  # lowercase hex
             raise Rejected(401, "bad signature")
         return Accepted(callback=_callback(document, request, account, received_at), ack=Ack())
 

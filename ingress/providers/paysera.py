@@ -329,8 +329,10 @@ def _simulated_fields(account: ProviderAccount, payment: SimulatedPayment) -> li
         ("requestid", txn), ("version", "1.6"), ("type", "macro"),
     ]  # fmt: skip
     if payment.status in ("refunded", "partially_refunded"):
-        default_refund = payment.amount if payment.status == "refunded" else "0.01"
-        refund = major_to_minor(extra.get("refund_amount", default_refund), payment.currency)
+        if "refund_amount" in extra:
+            refund = major_to_minor(extra["refund_amount"], payment.currency)
+        else:  # a full refund, or the smallest partial one
+            refund = int(amount) if payment.status == "refunded" else 1
         fields += [
             ("refund_timestamp", extra.get("refund_timestamp", "1735689600")),
             ("refund_amount", str(refund)), ("refund_currency", payment.currency),
