@@ -1,0 +1,131 @@
+"""The admin listener (``settings.admin_host:admin_port``): order expectations, payment lookups.
+
+Separate from the public ingress so it can stay on a private interface. Every route but
+``/healthz`` needs ``Authorization: Bearer <token>`` with one of ``[admin] tokens``; with no
+tokens configured every request is refused.
+
+    POST /orders                        register an expectation (expectations.py for the body)
+                                        201 created, 200 unchanged/updated, 409 conflict, 400
+    GET  /payments/<provider>/<txid>    the payment(s) with history and postings (?account=A)
+    GET  /healthz                       200 while the process runs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from contracts.config import Config, Settings
+from workers import db
+from workers.ledger.expectations import InvalidExpectation, parse_expectation, register_expectation
+from workers.ledger.queries import payment_details
+
+__all__ = ["CONFIG", "POOL", "build_admin_app", "run_admin"]
+
+log = structlog.get_logger(__name__)
+
+POOL = web.AppKey("ledger_pool", asyncpg.Pool)
+CONFIG = web.AppKey("ledger_config", Config)
+
+_MAX_BODY = 16 * 1024
+_STATUS = {"created": 201, "unchanged": 200, "updated": 200, "conflict": 409}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _authorized(request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    given = token.strip().encode()
+    # Compare against every token (rotation) in constant time, without stopping at a match.
+    matches = [
+        hmac.compare_digest(given, t.reveal().encode()) for t in request.app[CONFIG].admin_tokens
+    ]
+    return any(matches)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz" or _authorized(request):
+        return await handler(request)
+    log.warning("ledger.admin_unauthorized", path=request.path, remote=request.remote)
+    return _json({"error": "unauthorized"}, status=401)
+
+
+async def _orders(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > _MAX_BODY:
+        return _json({"error": "body too large"}, status=413)
+    try:
+        data = orjson.loads(await request.read())
+        expectation = parse_expectation(data, request.app[CONFIG])
+    except (orjson.JSONDecodeError, InvalidExpectation) as exc:
+        return _json({"error": str(exc)}, status=400)
+    async with request.app[POOL].acquire() as conn:
+        result = await register_expectation(conn, expectation)
+    log.info(
+        "ledger.order_registered",
+        provider=expectation.provider,
+        account=expectation.account,
+        order_id=expectation.order_id,
+        result=result,
+        via="admin",
+    )
+    return _json({"result": result, "expectation": expectation.to_json()}, status=_STATUS[result])
+
+
+async def _payment(request: web.Request) -> web.Response:
+    provider = request.match_info["provider"]
+    txid = request.match_info["transaction_id"]
+    async with request.app[POOL].acquire() as conn:
+        found = await payment_details(conn, provider, txid, request.query.get("account"))
+    if not found:
+        return _json({"error": "no such payment"}, status=404)
+    return _json({"payments": found})
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def build_admin_app(pool: asyncpg.Pool[Any], config: Config) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=_MAX_BODY)
+    app[POOL] = pool
+    app[CONFIG] = config
+    app.router.add_post("/orders", _orders)
+    app.router.add_get("/payments/{provider}/{transaction_id}", _payment)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def run_admin(settings: Settings, config: Config, stop: asyncio.Event) -> None:
+    """Serve the admin listener until ``stop``."""
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
+    runner = web.AppRunner(build_admin_app(pool, config), access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
+        await site.start()
+        log.info("ledger.admin_started", host=settings.admin_host, port=settings.admin_port)
+        if not config.admin_tokens:
+            log.warning("ledger.admin_without_tokens", hint="set [admin] tokens; all refused")
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        try:
+            async with asyncio.timeout(5):
+                await pool.close()
+        except TimeoutError:
+            pool.terminate()

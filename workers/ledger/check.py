@@ -1,0 +1,181 @@
+"""``payhook ledger check``: recompute every ledger invariant from the stored rows.
+
+Breaches (any one makes the check fail):
+1. a journal entry that does not sum to zero per currency, or has no postings;
+2. an entry whose callback belongs to another payment, or did not move money by its outcome;
+3. a payment whose postings differ from what its money targets imply (``postings.legs_for``
+   from zero to the stored targets, per account and currency);
+4. a payment whose state is not one of its kind's, whose refund exceeds what was paid, or
+   that holds money outside the paid branch;
+5. a payment whose state is not the one its latest recorded callback left it in;
+6. a recorded callback whose event (by its deterministic id) is missing from the outbox.
+
+Payments flagged for attention (conflicts, mismatches) are counted, not breaches: they are
+the ledger working as designed and waiting for a person.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts.events import event_id, event_type
+from contracts.statuses import Kind, Status
+from workers.ledger.conn import Conn
+from workers.ledger.postings import Money, accounts_for, legs_for
+from workers.ledger.states import PAID_STATES, STATES
+
+__all__ = ["CheckReport", "check_ledger"]
+
+_MAX_PER_KIND = 20  # breaches listed per check; the count is always complete
+
+
+@dataclass(slots=True)
+class CheckReport:
+    breaches: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    hidden: int = 0  # breaches beyond _MAX_PER_KIND per check, counted but not listed
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches
+
+    def _add(self, seen: dict[str, int], kind: str, text: str) -> None:
+        seen[kind] = seen.get(kind, 0) + 1
+        if seen[kind] <= _MAX_PER_KIND:
+            self.breaches.append(text)
+        else:
+            self.hidden += 1
+
+
+_UNBALANCED = """
+SELECT entry_id, currency, sum(amount) AS total FROM postings
+GROUP BY entry_id, currency HAVING sum(amount) <> 0
+"""
+_EMPTY_ENTRIES = """
+SELECT e.id FROM journal_entries e
+WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)
+"""
+_ENTRY_CALLBACKS = """
+SELECT e.id, c.payment_id AS callback_payment, e.payment_id, c.outcome
+FROM journal_entries e JOIN callbacks c ON c.id = e.id
+WHERE c.payment_id <> e.payment_id OR c.outcome NOT IN ('applied', 'late')
+"""
+_PAYMENTS = """
+SELECT id, provider, account, transaction_id, kind, state, merchant, currency, test, paid,
+       refund_sum, full_refund, refunded, fee, fee_currency, attention
+FROM payments
+"""
+_ACTUAL = """
+SELECT e.payment_id, p.account, p.currency, sum(p.amount)::int8 AS total
+FROM postings p JOIN journal_entries e ON e.id = p.entry_id
+GROUP BY e.payment_id, p.account, p.currency
+"""
+_LAST_STATE = """
+SELECT DISTINCT ON (payment_id) payment_id, state_after FROM callbacks
+ORDER BY payment_id, seq DESC
+"""
+_CALLBACKS = """
+SELECT c.id, c.outcome, c.status, p.kind, (e.id IS NOT NULL) AS posted
+FROM callbacks c JOIN payments p ON p.id = c.payment_id
+LEFT JOIN journal_entries e ON e.id = c.id
+"""
+
+_EVENT_OVERRIDE = {
+    "info": Status.INFO,
+    "unrecognized": Status.UNRECOGNIZED,
+    "amount_mismatch": Status.AMOUNT_MISMATCH,
+    "no_expectation": Status.AMOUNT_MISMATCH,
+}
+
+
+def _expected_event(row: Any) -> str | None:
+    """The type of the event a recorded callback must have produced, or None."""
+    kind = Kind(row["kind"])
+    outcome = row["outcome"]
+    if outcome in _EVENT_OVERRIDE:
+        return event_type(kind, _EVENT_OVERRIDE[outcome])
+    if outcome == "applied" or (outcome == "late" and row["posted"]):
+        return event_type(kind, Status(row["status"]))
+    return None
+
+
+async def check_ledger(conn: Conn) -> CheckReport:
+    report = CheckReport()
+    seen: dict[str, int] = {}
+
+    for row in await conn.fetch(_UNBALANCED):
+        report._add(
+            seen,
+            "unbalanced",
+            f"entry {row['entry_id']} does not balance in {row['currency']}: {row['total']}",
+        )
+    for row in await conn.fetch(_EMPTY_ENTRIES):
+        report._add(seen, "empty", f"entry {row['id']} has no postings")
+    for row in await conn.fetch(_ENTRY_CALLBACKS):
+        report._add(
+            seen,
+            "entry_callback",
+            f"entry {row['id']} (payment {row['payment_id']}) does not match its callback "
+            f"(payment {row['callback_payment']}, outcome {row['outcome']})",
+        )
+
+    actual: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+    for row in await conn.fetch(_ACTUAL):
+        actual[str(row["payment_id"])][(row["account"], row["currency"])] = row["total"]
+    last_state = {str(r["payment_id"]): r["state_after"] for r in await conn.fetch(_LAST_STATE)}
+
+    payments = await conn.fetch(_PAYMENTS)
+    attention = 0
+    for row in payments:
+        pid = str(row["id"])
+        name = f"payment {row['provider']}/{row['account']}/{row['transaction_id']}"
+        kind = Kind(row["kind"])
+        attention += row["attention"] is not None
+        money = Money(row["paid"], row["refund_sum"], row["full_refund"], row["fee"])
+        if row["state"] not in STATES[kind]:
+            report._add(seen, "state", f"{name}: state {row['state']} is not a {kind.value} state")
+        if row["refunded"] != (money.refunded if kind is Kind.PAYMENT else 0):
+            report._add(seen, "refunded", f"{name}: refunded {row['refunded']} != targets")
+        if row["state"] not in PAID_STATES and money != Money():
+            report._add(seen, "branch", f"{name}: money held in state {row['state']}")
+        if pid in last_state and last_state[pid] != row["state"]:
+            report._add(
+                seen,
+                "history",
+                f"{name}: state {row['state']} but its last callback left {last_state[pid]}",
+            )
+        expected: dict[tuple[str, str], int] = defaultdict(int)
+        if money != Money():
+            currency = row["currency"]
+            if currency is None:
+                report._add(seen, "currency", f"{name}: money without a currency")
+                continue
+            accounts = accounts_for(row["provider"], row["account"], row["merchant"], row["test"])
+            fee_currency = row["fee_currency"] or currency
+            for leg in legs_for(kind, Money(), money, accounts, currency, fee_currency):
+                expected[(leg.account, leg.currency)] += leg.amount
+        got = actual.pop(pid, {})
+        want = {key: total for key, total in expected.items() if total != 0}
+        have = {key: total for key, total in got.items() if total != 0}
+        if want != have:
+            report._add(seen, "postings", f"{name}: postings {have} but targets imply {want}")
+    for pid in actual:
+        report._add(seen, "orphan", f"postings for unknown payment {pid}")
+
+    events = {r["id"] for r in await conn.fetch("SELECT id FROM events")}
+    callbacks = await conn.fetch(_CALLBACKS)
+    for row in callbacks:
+        type_ = _expected_event(row)
+        if type_ is not None and event_id(str(row["id"]), type_) not in events:
+            report._add(seen, "event", f"callback {row['id']}: event {type_} missing")
+
+    report.counts = {
+        "payments": len(payments),
+        "callbacks": len(callbacks),
+        "entries": int(await conn.fetchval("SELECT count(*) FROM journal_entries")),
+        "postings": int(await conn.fetchval("SELECT count(*) FROM postings")),
+        "attention": attention,
+    }
+    return report
