@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 from typing import Any
 
 import asyncpg
@@ -349,3 +350,57 @@ async def test_unsubscribed_events_are_skipped(
 
     assert shop.webhook_ids() == [wanted["id"]]
     assert list((await delivery_states(database_url)).values()) == ["delivered"]
+
+
+async def test_timeouts_refused_connections_and_redirects_are_failures(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    schedule = [0]
+    release = asyncio.Event()
+
+    async def stall(_: int, __: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(status=200)
+
+    async def redirect(_: int, __: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": "http://127.0.0.1:1/elsewhere"})
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hooks"
+    async with (
+        MerchantServer(stall).serving() as slow,
+        MerchantServer(redirect).serving() as moved,
+    ):
+        config = make_config(
+            [
+                MerchantSpec("slow", slow.url, (new_secret(),), {"timeout_s": 0.3}),
+                MerchantSpec("gone", closed_url, (new_secret(),)),
+                MerchantSpec("moved", moved.url, (new_secret(),)),
+            ],
+            schedule,
+        )
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        ids = {m: make_event(m) for m in ("slow", "gone", "moved")}
+        try:
+            async with running_worker(make_settings(database_url, amqp_url, namespace), config):
+                await publish_events(amqp_url, namespace, ids.values())
+                await wait_until(
+                    lambda: _all_states(database_url, {e["id"] for e in ids.values()}, "failed")
+                )
+        finally:
+            release.set()
+
+    rows = await fetch(
+        database_url, "SELECT merchant, status_code, error_class FROM webhook_attempts"
+    )
+    outcomes = {r["merchant"]: (r["status_code"], r["error_class"]) for r in rows}
+    assert outcomes == {
+        "slow": (None, "timeout"),
+        "gone": (None, "connection_error"),
+        "moved": (307, None),
+    }

@@ -153,9 +153,9 @@ async def post_event(endpoint: Endpoint, event_id: str, body: bytes) -> AttemptR
             async with endpoint.session().post(
                 merchant.webhook_url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                head = await response.content.read(RESPONSE_BODY_LIMIT)
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
+                head = await _read_head(response)
     except BlockedAddress:
         return AttemptResult(Outcome.FAILED, error_class="blocked_address", duration_ms=elapsed())
     except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -184,6 +184,24 @@ async def post_event(endpoint: Endpoint, event_id: str, body: bytes) -> AttemptR
         retry_after=retry_after,
         duration_ms=elapsed(),
     )
+
+
+async def _read_head(response: aiohttp.ClientResponse) -> bytes:
+    """Up to ``RESPONSE_BODY_LIMIT`` bytes of the body, for the attempt log; best effort.
+
+    The status line decided the outcome already: a receiver that answered 200 and then
+    stalls or drops the body still got the webhook, so a failure here is not a failed attempt.
+    """
+    head = bytearray()
+    try:
+        while len(head) < RESPONSE_BODY_LIMIT:
+            chunk = await response.content.read(RESPONSE_BODY_LIMIT - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    return bytes(head)
 
 
 def _error_class(exc: BaseException) -> str:
