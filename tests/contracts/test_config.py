@@ -62,11 +62,14 @@ def test_bad_config_is_refused_with_the_key_named(patch: str, message: str) -> N
     )
     env = {"SHOP_SECRET": "x", "PAYSERA_PASSWORD": "y"}
     data = tomllib.loads(text.replace(', "file:shop.secret"', ""))
-    with pytest.raises(ConfigError, match=message):
+    def load_and_ask_for_the_secret() -> None:
         config = parse_config(data, environ=env)
         account = config.account("paysera", "main")
         assert account is not None
         account.secret("password")  # provider modules ask for their secrets at start-up
+
+    with pytest.raises(ConfigError, match=message):
+        load_and_ask_for_the_secret()
 
 
 def test_empty_secret_is_refused() -> None:

@@ -1,0 +1,238 @@
+"""Ingress load and ledger drain benchmark (bounded; talks only to 127.0.0.1).
+
+Phase 1 starts ``payhook ingress`` alone (no consumer, so the broker just stores) and sends
+signed callbacks for ``--duration`` seconds at ``--concurrency`` connections: prints accepted/s,
+p50/p90/p99 ack latency and errors. Phase 2 starts ``payhook worker ledger`` and times how
+long it takes to drain what phase 1 accepted.
+
+    PAYHOOK_DATABASE_URL=… PAYHOOK_AMQP_URL=… .venv/bin/python bench/ingress_load.py \
+        --duration 10 --concurrency 64
+
+Uses its own broker namespace and its own database (``payhook_bench``, recreated), so it
+never touches a running installation's data. Needs the servers from scripts/services.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiohttp
+import asyncpg
+
+from contracts.config import load_config
+from contracts.topology import Topology
+from ingress.providers import PROVIDERS
+from ingress.providers.base import SimulatedPayment, SimulatedRequest
+
+REPO = Path(__file__).resolve().parents[1]
+PAYHOOK = str(Path(sys.executable).with_name("payhook"))
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def _wait_http(url: str, patience: float = 30) -> None:
+    deadline = time.monotonic() + patience
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+async def _load(
+    url: str, requests: list[SimulatedRequest], duration: float, concurrency: int
+) -> tuple[int, int, list[float], float]:
+    latencies: list[float] = []
+    errors = 0
+    index = 0
+    deadline = time.monotonic() + duration
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal index, errors
+        while time.monotonic() < deadline and index < len(requests):
+            req = requests[index]
+            index += 1
+            target = f"{url}?{req.query_string}" if req.query_string else url
+            start = time.perf_counter()
+            try:
+                async with session.request(
+                    req.method, target, data=req.body or None, headers=dict(req.headers)
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return len(latencies), errors, sorted(latencies), elapsed
+
+
+async def _queue_depth(amqp_url: str, queue: str) -> int:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0
+    finally:
+        await connection.close()
+
+
+async def _fresh_database(server_url: str, name: str) -> str:
+    parts = urlsplit(server_url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PAYHOOK, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "deploy" / "payhook.toml"))
+    parser.add_argument("--provider", default="paysera")
+    parser.add_argument("--account", default="main")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-requests", type=int, default=100_000)
+    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    amqp_url = os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/")
+    db_server = os.environ.get(
+        "PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/payhook"
+    )
+    database_url = await _fresh_database(db_server, "payhook_bench")
+    namespace = f"bench{secrets.token_hex(4)}"
+    env = {
+        **os.environ,
+        "PAYHOOK_DATABASE_URL": database_url,
+        "PAYHOOK_AMQP_URL": amqp_url,
+        "PAYHOOK_AMQP_NAMESPACE": namespace,
+        "PAYHOOK_CONFIG_PATH": args.config,
+        "PAYHOOK_LISTEN_PORT": str(args.port),
+        "PAYHOOK_LOG_LEVEL": "warning",
+    }
+    await asyncio.to_thread(
+        subprocess.run, [PAYHOOK, "migrate"], env=env, check=True, capture_output=True
+    )
+
+    config = load_config(args.config)
+    account = config.account(args.provider, args.account)
+    assert account is not None, f"no account {args.provider}.{args.account} in {args.config}"
+    module = PROVIDERS[args.provider]
+    print(f"building {args.max_requests} signed {args.provider} callbacks …", flush=True)
+    requests = [
+        module.simulate(
+            account,
+            SimulatedPayment(
+                order_id=f"B-{i}",
+                amount="12.50",
+                currency="EUR",
+                status="succeeded",
+                transaction_id=f"bench-{namespace}-{i}",
+            ),
+        )
+        for i in range(args.max_requests)
+    ]
+
+    url = f"http://127.0.0.1:{args.port}/callbacks/{args.provider}/{args.account}"
+    ingress = _spawn(["ingress"], env)
+    try:
+        await _wait_http(f"http://127.0.0.1:{args.port}/readyz")
+        accepted, errors, latencies, elapsed = await _load(
+            url, requests, args.duration, args.concurrency
+        )
+    finally:
+        _stop(ingress)
+    topology = Topology(namespace)
+    queued = await _queue_depth(amqp_url, topology.ledger_queue)
+    print(
+        f"ingress: {accepted} accepted in {elapsed:.1f}s = {accepted / elapsed:,.0f}/s at "
+        f"{args.concurrency} connections; errors {errors}; ack latency p50 "
+        f"{_percentile(latencies, 0.5) * 1000:.1f} ms, p90 {_percentile(latencies, 0.9) * 1000:.1f}"
+        f" ms, p99 {_percentile(latencies, 0.99) * 1000:.1f} ms; on the ledger queue: {queued}"
+    )
+
+    with tempfile.TemporaryDirectory():
+        started = time.monotonic()
+        worker = _spawn(["worker", "ledger"], env)
+        try:
+            depth = queued
+            while depth > 0 and time.monotonic() - started < args.drain_timeout:
+                await asyncio.sleep(0.25)
+                depth = await _queue_depth(amqp_url, topology.ledger_queue)
+            drained = time.monotonic() - started
+        finally:
+            _stop(worker)
+    print(
+        f"ledger: drained {queued - depth} callbacks in {drained:.1f}s (incl. ~start-up) = "
+        f"{(queued - depth) / drained:,.0f}/s; left {depth}"
+    )
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in (
+            topology.ledger_queue,
+            topology.ledger_dead_queue,
+            topology.webhooks_queue,
+            topology.webhooks_dead_queue,
+            topology.orders_queue,
+        ):
+            await channel.queue_delete(name)
+        for exchange in (
+            topology.callbacks_exchange,
+            topology.events_exchange,
+            topology.ledger_dead_exchange,
+        ):
+            await channel.exchange_delete(exchange)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
