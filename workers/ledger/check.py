@@ -77,9 +77,8 @@ SELECT DISTINCT ON (payment_id) payment_id, state_after FROM callbacks
 ORDER BY payment_id, seq DESC
 """
 _CALLBACKS = """
-SELECT c.id, c.outcome, c.status, p.kind, (e.id IS NOT NULL) AS posted
-FROM callbacks c JOIN payments p ON p.id = c.payment_id
-LEFT JOIN journal_entries e ON e.id = c.id
+SELECT c.id, c.outcome, c.status, c.body ->> 'kind' AS kind, (e.id IS NOT NULL) AS posted
+FROM callbacks c LEFT JOIN journal_entries e ON e.id = c.id
 """
 
 _EVENT_OVERRIDE = {
@@ -91,7 +90,10 @@ _EVENT_OVERRIDE = {
 
 
 def _expected_event(row: Any) -> str | None:
-    """The type of the event a recorded callback must have produced, or None."""
+    """The type of the event a recorded callback must have produced, or None.
+
+    Events carry the callback's own kind (a payout-kind ``info`` about a payment says so).
+    """
     kind = Kind(row["kind"])
     outcome = row["outcome"]
     if outcome in _EVENT_OVERRIDE:
