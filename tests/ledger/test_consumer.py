@@ -1,0 +1,185 @@
+"""The ledger worker on a real broker: poison, dead letters with a reason, replay, orders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+
+from contracts.config import Config, Settings
+from contracts.statuses import Status
+from contracts.topology import Topology
+from workers import amqp
+from workers.ledger.commands import HEADER_REPLAYED, replay_dead
+from workers.ledger.consumer import HEADER_ERROR, run_ledger_worker
+
+from .factory import callback
+from .harness import eventually, ledger_states, publish_callbacks, start_workers
+
+S = Status
+
+
+async def _dead_letters(channel: Any, topology: Topology, count: int) -> list[Any]:
+    queue = await channel.get_queue(topology.ledger_dead_queue, ensure=False)
+    found: list[Any] = []
+    for _ in range(400):
+        message = await queue.get(no_ack=False, fail=False)
+        if message is not None:
+            found.append(message)
+            if len(found) == count:
+                return found
+        else:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(found)} of {count} dead letters arrived")
+
+
+async def test_poison_is_dead_lettered_and_the_rest_applied(
+    pool: asyncpg.Pool[Any], settings: Settings, ledger_config: Config, namespace: str
+) -> None:
+    topology = Topology(namespace)
+    async with contextlib.AsyncExitStack() as stack:
+        workers = await start_workers(
+            stack, count=1, settings=settings, config=ledger_config, pool=pool, topology=topology
+        )
+        connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.callbacks_exchange, ensure=False)
+        for body in (b"not json", b'{"schema_version": 99}'):
+            await exchange.publish(
+                aio_pika.Message(body, message_id="poison"), routing_key="callback.x.y"
+            )
+        await publish_callbacks(channel, topology, [callback(S.SUCCEEDED)])
+        await workers.wait_handled(1)
+        dead = await _dead_letters(channel, topology, 2)
+        assert {m.body for m in dead} == {b'{"schema_version": 99}', b"not json"}
+        for message in dead:
+            assert message.headers["x-death"][0]["reason"] == "rejected"
+            await message.ack()
+    async with pool.acquire() as conn:
+        assert (await ledger_states(conn))[("paysera", "main", "T1")]["state"] == "succeeded"
+
+
+_BOOM = """
+CREATE FUNCTION ledger_test_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.provider_status = 'boom' THEN RAISE EXCEPTION 'simulated ledger bug'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ledger_test_boom BEFORE INSERT ON callbacks
+    FOR EACH ROW EXECUTE FUNCTION ledger_test_boom();
+"""
+_FIX = "DROP TRIGGER ledger_test_boom ON callbacks; DROP FUNCTION ledger_test_boom();"
+
+
+async def test_failing_message_is_dead_lettered_with_its_reason_and_replayed(
+    pool: asyncpg.Pool[Any], settings: Settings, ledger_config: Config, namespace: str
+) -> None:
+    topology = Topology(namespace)
+    bad = callback(S.SUCCEEDED, "T-bad", provider_status="boom")
+    good = callback(S.SUCCEEDED, "T-good")
+    async with pool.acquire() as conn:
+        await conn.execute(_BOOM)
+    fixed = False
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            workers = await start_workers(
+                stack,
+                count=2,
+                settings=settings,
+                config=ledger_config,
+                pool=pool,
+                topology=topology,
+            )
+            connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
+            stack.push_async_callback(connection.close)
+            channel = await connection.channel(publisher_confirms=True)
+            await publish_callbacks(channel, topology, [bad, good])
+            await workers.wait_handled(1)
+            # Every delivery fails alone; the last allowed one is dead-lettered by the worker.
+            (dead,) = await _dead_letters(channel, topology, 1)
+            assert dead.body == orjson.dumps(bad.to_json())
+            assert "simulated ledger bug" in dead.headers[HEADER_ERROR]
+            assert dead.headers["x-correlation-id"]
+            await dead.nack(requeue=True)  # leave it for the operator
+
+            async with pool.acquire() as conn:
+                await conn.execute(_FIX)  # the fix is deployed
+            fixed = True
+            assert await replay_dead(settings) == 1
+            await workers.wait_handled(2)
+            async with pool.acquire() as conn:
+                states = await ledger_states(conn)
+                assert states[("paysera", "main", "T-bad")]["state"] == "succeeded"
+                history = await conn.fetchval("SELECT count(*) FROM callbacks")
+                assert history == 2
+            queue = await channel.declare_queue(topology.ledger_dead_queue, passive=True)
+            assert queue.declaration_result.message_count == 0
+    finally:
+        if not fixed:
+            async with pool.acquire() as conn:
+                await conn.execute(_FIX)
+    assert HEADER_REPLAYED == "x-payhook-replayed"
+
+
+async def test_run_ledger_worker_with_orders_queue(
+    pool: asyncpg.Pool[Any], settings: Settings, ledger_config: Config, namespace: str
+) -> None:
+    topology = Topology(namespace)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_ledger_worker(settings, ledger_config, stop))
+    connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await amqp.declare_topology(channel, topology)
+        order = {
+            "merchant": "shop",
+            "provider": "paysera",
+            "account": "main",
+            "order_id": "ORD-9",
+            "amount": 500,
+            "currency": "EUR",
+            "test": False,
+        }
+        for body in (orjson.dumps(order), b"{not an order"):
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=topology.orders_queue,
+            )
+
+        async def registered() -> bool:
+            async with pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT count(*) FROM order_expectations"))
+
+        await eventually(registered)
+        await publish_callbacks(
+            channel,
+            topology,
+            [
+                callback(S.SUCCEEDED, "T9", order_id="ORD-9", amount=500),
+                callback(S.SUCCEEDED, "T10", order_id="ORD-9", amount=501),
+            ],
+        )
+
+        async def applied() -> bool:
+            async with pool.acquire() as conn:
+                return await conn.fetchval("SELECT count(*) FROM callbacks") == 2
+
+        await eventually(applied)
+        async with pool.acquire() as conn:
+            outcomes = dict(
+                await conn.fetch(
+                    "SELECT p.transaction_id, c.outcome FROM callbacks c"
+                    " JOIN payments p ON p.id = c.payment_id"
+                )
+            )
+            assert outcomes == {"T9": "applied", "T10": "amount_mismatch"}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await connection.close()
+    task.result()
