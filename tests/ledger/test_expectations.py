@@ -1,0 +1,219 @@
+"""Order expectations: matching, every kind of mismatch, Paysepro, and the admin listener."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import aiohttp
+import asyncpg
+import jsonschema
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from contracts.config import Config, Settings
+from contracts.schema import event_schema
+from contracts.statuses import Status, VerifiedBy
+from workers.ledger.admin import build_admin_app, run_admin
+from workers.ledger.apply import Incoming, Policy, apply_batch
+from workers.ledger.check import check_ledger
+from workers.ledger.expectations import (
+    Expectation,
+    InvalidExpectation,
+    parse_expectation,
+    register_expectation,
+)
+
+from .factory import ADMIN_TOKEN, callback, config_dict, make_config
+
+S = Status
+EXP = Expectation("shop", "paysera", "main", "ORD-1", 1250, "EUR", False)
+
+
+async def _apply(conn: Any, policy: Policy, *callbacks: Any) -> None:
+    await apply_batch(conn, [Incoming.of(cb) for cb in callbacks], policy)
+
+
+async def _outcome(conn: Any) -> tuple[str, str | None, int, str | None]:
+    row = await conn.fetchrow("SELECT outcome, reason FROM callbacks ORDER BY seq DESC LIMIT 1")
+    postings = await conn.fetchval("SELECT count(*) FROM postings")
+    attention = await conn.fetchval("SELECT attention FROM payments LIMIT 1")
+    return row["outcome"], row["reason"], postings, attention
+
+
+async def test_matching_expectation_moves_money(pool: asyncpg.Pool[Any], policy: Policy) -> None:
+    async with pool.acquire() as conn:
+        assert await register_expectation(conn, EXP) == "created"
+        await _apply(conn, policy, callback(S.SUCCEEDED))
+        assert await _outcome(conn) == ("applied", None, 2, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount": 1300}, "amount"),
+        ({"currency": "USD"}, "currency"),
+        ({"test": True}, "test"),
+        ({"paid_amount": 1000}, "paid_amount"),  # "succeeded" for less than the order
+    ],
+)
+async def test_mismatch_is_recorded_emitted_and_moves_nothing(
+    pool: asyncpg.Pool[Any], policy: Policy, change: dict[str, Any], field: str
+) -> None:
+    async with pool.acquire() as conn:
+        await register_expectation(conn, EXP)
+        await _apply(conn, policy, callback(S.SUCCEEDED, **change))
+        outcome, reason, postings, attention = await _outcome(conn)
+        assert (outcome, postings) == ("amount_mismatch", 0)
+        assert reason is not None
+        assert field in reason
+        assert attention is not None
+        assert attention.startswith("amount_mismatch")
+        event = await conn.fetchrow("SELECT type, routing_key, body FROM events")
+        assert event["type"] == "payhook.payment.amount_mismatch"
+        assert event["routing_key"] == "payment.amount_mismatch.paysera"
+        jsonschema.validate(event["body"], event_schema(event["type"]))
+        assert event["body"]["data"]["ledger"]["reason"] == f"mismatch:{field}"
+        assert event["body"]["data"]["ledger"]["expected"]["amount"] == 1250
+        assert (await check_ledger(conn)).ok
+
+
+async def test_paysepro_needs_an_expectation_by_default(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    async with pool.acquire() as conn:
+        await _apply(
+            conn,
+            policy,
+            callback(S.PENDING, "A", provider="paysepro"),
+            callback(S.SUCCEEDED, "A", provider="paysepro"),
+        )
+        outcome, reason, postings, _ = await _outcome(conn)
+        assert (outcome, reason, postings) == (
+            "no_expectation",
+            "no order expectation registered",
+            0,
+        )
+        state = await conn.fetchval("SELECT state FROM payments")
+        assert state == "pending"  # pending moved it; the unproven success did not
+        event = await conn.fetchrow(
+            "SELECT type, body FROM events WHERE type LIKE '%amount_mismatch'"
+        )
+        assert event["body"]["data"]["ledger"]["reason"] == "no_expectation"
+        assert event["body"]["data"]["ledger"]["payment_status"] == "pending"
+
+        exp = Expectation("shop", "paysepro", "main", "ORD-2", 1250, "EUR", False)
+        await register_expectation(conn, exp)
+        await _apply(
+            conn, policy, callback(S.SUCCEEDED, "B", provider="paysepro", order_id="ORD-2")
+        )
+        assert (await _outcome(conn))[:3] == ("applied", None, 2)
+
+
+async def test_trust_and_require_options(pool: asyncpg.Pool[Any]) -> None:
+    data = config_dict(trust_source_address_without_expectation=True)
+    data["providers"]["paysera"]["main"]["require_expectation"] = True
+    policy = Policy.from_config(make_config(data))
+    async with pool.acquire() as conn:
+        await _apply(conn, policy, callback(S.SUCCEEDED, "A", provider="paysepro"))
+        assert (await _outcome(conn))[:3] == ("applied", None, 2)
+        await _apply(conn, policy, callback(S.SUCCEEDED, "B", provider="paysera"))
+        assert (await _outcome(conn))[0] == "no_expectation"
+    assert policy.require_expectation(callback(S.SUCCEEDED, verified_by=VerifiedBy.SIGNATURE))
+
+
+def test_parse_expectation_validates_against_the_config() -> None:
+    config = make_config()
+    good = {
+        "merchant": "shop",
+        "provider": "paysera",
+        "account": "main",
+        "order_id": "O",
+        "amount_major": "12.50",
+        "currency": "EUR",
+    }
+    assert parse_expectation(good, config).amount == 1250
+    for bad in (
+        {**good, "merchant": "other"},
+        {**good, "account": "nope"},
+        {**good, "currency": "XXX"},
+        {**good, "amount_major": "12.505"},
+        {**{k: v for k, v in good.items() if k != "amount_major"}, "amount": 12.5},
+        {**{k: v for k, v in good.items() if k != "amount_major"}, "amount": 0},
+        {**good, "test": "yes"},
+        {**good, "order_id": ""},
+        [],
+    ):
+        with pytest.raises(InvalidExpectation):
+            parse_expectation(bad, config)
+
+
+async def test_admin_orders_and_payments(
+    pool: asyncpg.Pool[Any], ledger_config: Config, policy: Policy
+) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    order = {
+        "merchant": "shop",
+        "provider": "paysera",
+        "account": "main",
+        "order_id": "ORD-1",
+        "amount": 1250,
+        "currency": "EUR",
+    }
+    async with TestClient(TestServer(build_admin_app(pool, ledger_config))) as client:
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.post("/orders", json=order)).status == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.post("/orders", json=order, headers=wrong)).status == 401
+        response = await client.post("/orders", json=order, headers=auth)
+        assert response.status == 201
+        assert (await response.json())["result"] == "created"
+        response = await client.post("/orders", json=order, headers=auth)
+        assert (await response.json())["result"] == "unchanged"
+        response = await client.post("/orders", json={**order, "amount": 1300}, headers=auth)
+        assert (await response.json())["result"] == "updated"
+        bad = await client.post("/orders", json={**order, "currency": "EURO"}, headers=auth)
+        assert bad.status == 400
+        assert (await client.post("/orders", data=b"{", headers=auth)).status == 400
+
+        async with pool.acquire() as conn:
+            await _apply(conn, policy, callback(S.SUCCEEDED, amount=1300))
+        # Money moved under these terms: they can no longer change.
+        response = await client.post("/orders", json=order, headers=auth)
+        assert response.status == 409
+
+        response = await client.get("/payments/paysera/T1", headers=auth)
+        assert response.status == 200
+        (payment,) = (await response.json())["payments"]
+        assert payment["state"] == "succeeded"
+        assert payment["expectation"]["amount"] == 1300
+        assert [h["outcome"] for h in payment["history"]] == ["applied"]
+        assert len(payment["postings"]) == 2
+        assert (await client.get("/payments/paysera/T1")).status == 401
+        assert (await client.get("/payments/paysera/none", headers=auth)).status == 404
+
+
+async def test_run_admin_listens_and_stops(
+    database_url: str, db: Any, ledger_config: Config
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(database_url=database_url, admin_port=port)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_admin(settings, ledger_config, stop))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("admin listener never answered")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
