@@ -78,6 +78,7 @@ def fingerprint(key: rsa.RSAPublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+@functools.lru_cache(maxsize=32)  # parsing a PEM costs more than the RSA check itself
 def public_keys_from_pem(pem: bytes) -> tuple[rsa.RSAPublicKey, ...]:
     """Every RSA public key in ``pem``: ``PUBLIC KEY``, ``RSA PUBLIC KEY`` or ``CERTIFICATE``
     blocks (Paysera's live URL serves a certificate, its sandbox a bare key).
