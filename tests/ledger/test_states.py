@@ -209,3 +209,13 @@ def test_decide_agrees_with_the_model_on_every_pair_of_statuses() -> None:
             "fee": p.money.fee,
         }
         assert got == want, (first, second)
+
+
+def test_payment_id_is_a_plain_uuid5() -> None:
+    import uuid
+
+    from workers.ledger import store
+
+    for key in (("paysera", "main", "T1"), ("paycore", "acc", "cpi_ü")):
+        expected = uuid.uuid5(store._PAYMENT_NAMESPACE, "\x1f".join(key))
+        assert store.payment_id(*key) == str(expected)

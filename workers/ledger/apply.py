@@ -59,16 +59,16 @@ class LedgerContention(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One decoded message: the callback, its id, its JSON text, its correlation id."""
+    """One decoded message: the callback, its id, its JSON body, its correlation id."""
 
     callback: CallbackReceived
     id: str
-    body: str
+    body: bytes  # the message body (a CallbackReceived document), stored verbatim
     correlation_id: str
 
     @classmethod
     def of(cls, callback: CallbackReceived, correlation_id: str = "") -> Incoming:
-        body = orjson.dumps(callback.to_json()).decode()
+        body = orjson.dumps(callback.to_json())
         return cls(callback, callback.id, body, correlation_id or callback.correlation_id)
 
 
@@ -163,7 +163,7 @@ def _event_row(item: Incoming, verdict: Verdict) -> EventRow:
         account=callback.account,
         merchant=merchant,
         correlation_id=item.correlation_id,
-        body=orjson.dumps(event).decode(),
+        body=event,
     )
 
 

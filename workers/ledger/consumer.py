@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,14 +68,10 @@ _SETTLE_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvali
 
 def decode_message(message: AbstractIncomingMessage) -> Incoming:
     """Decode a ledger message; raises ``DecodeError`` for poison."""
-    callback = decode_callback(message.body)
-    try:
-        body = message.body.decode("utf-8")
-    except UnicodeDecodeError:  # decode_callback accepted it, so orjson would not: belt and braces
-        raise DecodeError("callback body is not UTF-8") from None
+    callback = decode_callback(message.body)  # orjson: valid UTF-8 JSON, or DecodeError
     header = (message.headers or {}).get(HEADER_CORRELATION_ID)
     correlation = header.decode() if isinstance(header, bytes) else str(header or "")
-    return Incoming(callback, callback.id, body, correlation or callback.correlation_id)
+    return Incoming(callback, callback.id, message.body, correlation or callback.correlation_id)
 
 
 @dataclass(slots=True)
@@ -102,9 +99,10 @@ class LedgerWorker:
         self.batch_size = max(1, settings.ledger_batch_size)
         self.batch_wait = max(0.0, settings.ledger_batch_wait_ms / 1000)
         self.grace = settings.shutdown_grace_s
-        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.totals = ApplyResult()
-        self._slots = asyncio.Semaphore(_PIPELINE_DEPTH)
+        self._inbox: deque[AbstractIncomingMessage] = deque()
+        self._wake = asyncio.Event()  # a message arrived, a batch finished, or stop
+        self._in_flight = 0
         self._settled: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: object = None
@@ -112,23 +110,57 @@ class LedgerWorker:
         self._multiple_ok = True  # cleared for good once a batch is abandoned unacked
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self.inbox.put_nowait(message)
+        self._inbox.append(message)
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Batch and apply until ``stop``; then let in-flight batches finish (with a grace)."""
-        waiter = asyncio.ensure_future(stop.wait())
+        """Batch and apply until ``stop``; then let in-flight batches finish (with a grace).
+
+        A batch is sent off when a pipeline slot is free and it is full or its first message
+        has waited ``ledger_batch_wait_ms``; while both slots are busy it keeps filling, so
+        batches grow with the load (few messages each when idle, full ones under a backlog).
+        """
+
+        async def watch_stop() -> None:
+            await stop.wait()
+            self._wake.set()
+
+        watcher = asyncio.create_task(watch_stop())
+        batch, first = _Batch(), 0.0
         try:
             while not stop.is_set():
-                batch = await self._collect(waiter)
+                self._wake.clear()
+                while self._inbox and len(batch.messages) < self.batch_size:
+                    if not batch.messages:
+                        first = time.monotonic()
+                    await self._add(batch, self._inbox.popleft())
+                timeout: float | None = None
                 if batch.messages:
-                    await self._slots.acquire()
-                    previous, self._settled = self._settled, asyncio.Future()
-                    task = asyncio.create_task(self._process(batch, previous, self._settled, stop))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    full = len(batch.messages) >= self.batch_size
+                    due = first + self.batch_wait - time.monotonic()
+                    if self._in_flight < _PIPELINE_DEPTH and (full or due <= 0):
+                        self._dispatch(batch, stop)
+                        batch = _Batch()
+                        continue
+                    if self._in_flight < _PIPELINE_DEPTH:
+                        timeout = due
+                if self._inbox and len(batch.messages) < self.batch_size:
+                    continue  # more arrived while _add awaited a reject
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
         finally:
-            waiter.cancel()
+            watcher.cancel()
             await self._drain()
+
+    def _dispatch(self, batch: _Batch, stop: asyncio.Event) -> None:
+        self._in_flight += 1
+        previous, self._settled = self._settled, asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._process(batch, previous, self._settled, stop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -138,28 +170,6 @@ class LedgerWorker:
             task.cancel()  # its messages stay unacked: redelivered to whoever consumes next
         if pending:
             await asyncio.wait(pending)
-
-    async def _collect(self, waiter: asyncio.Future[Any]) -> _Batch:
-        batch = _Batch()
-        getter = asyncio.ensure_future(self.inbox.get())
-        done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter not in done:
-            getter.cancel()
-            return batch
-        await self._add(batch, getter.result())
-        deadline = time.monotonic() + self.batch_wait
-        while len(batch.messages) < self.batch_size:
-            while len(batch.messages) < self.batch_size and not self.inbox.empty():
-                await self._add(batch, self.inbox.get_nowait())
-            remaining = deadline - time.monotonic()
-            if len(batch.messages) >= self.batch_size or remaining <= 0 or waiter.done():
-                break
-            try:
-                message = await asyncio.wait_for(self.inbox.get(), remaining)
-            except TimeoutError:
-                break
-            await self._add(batch, message)
-        return batch
 
     async def _add(self, batch: _Batch, message: AbstractIncomingMessage) -> None:
         tag = message.delivery_tag or 0
@@ -205,7 +215,8 @@ class LedgerWorker:
         finally:
             if not settled.done():
                 settled.set_result(None)
-            self._slots.release()
+            self._in_flight -= 1
+            self._wake.set()
 
     async def _apply(
         self, items: Sequence[Incoming], stop: asyncio.Event

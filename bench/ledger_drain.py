@@ -1,0 +1,301 @@
+"""Ledger drain benchmark (bounded; talks only to 127.0.0.1).
+
+Pre-loads ``--count`` callbacks on ``<ns>.ledger`` (a quarter of them duplicates, as provider
+retries and redeliveries produce), then starts the ledger worker (``python -m
+workers.ledger``, default settings unless overridden) and times how long it takes to apply
+them all. Prints callbacks/s (every message, duplicates included) and unique callbacks/s,
+then runs ``ledger check``.
+
+    PAYHOOK_DATABASE_URL=… PAYHOOK_AMQP_URL=… .venv/bin/python bench/ledger_drain.py \
+        --count 20000
+
+Uses its own database (``payhook_bench_ledger``, recreated, dropped at the end unless
+``--keep``) and its own broker namespace (deleted at the end), so it never touches a running
+installation's data. Stops by itself: ``--deadline`` seconds at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+
+from contracts.callbacks import CallbackReceived, RawRequest, encode_callback
+from contracts.statuses import Kind, Status, VerifiedBy
+from contracts.topology import HEADER_CORRELATION_ID, Topology
+from workers import amqp
+from workers.db import migrate
+from workers.ledger.check import check_ledger
+
+REPO = Path(__file__).resolve().parents[1]
+DATABASE = "payhook_bench_ledger"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_PROVIDERS = {
+    "paysera": VerifiedBy.SIGNATURE,
+    "paycore": VerifiedBy.SIGNATURE,
+    "paypro": VerifiedBy.SIGNATURE,
+    "paygol": VerifiedBy.SHARED_SECRET,
+}
+_CONFIG = """
+[merchants.shop]
+webhook_url = "http://127.0.0.1:9/hook"
+""" + "".join(f'\n[providers.{p}.main]\nmerchant = "shop"\n' for p in _PROVIDERS)
+
+
+def _loopback(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    if host not in _LOOPBACK:
+        raise SystemExit(f"refusing to benchmark against {host!r}: 127.0.0.1 only")
+    return url
+
+
+def _callback(
+    provider: str, txid: str, status: Status, n: int, **extra: object
+) -> CallbackReceived:
+    query = f"projectid=1&orderid=ORD-{txid}&amount=1250&currency=EUR&status={status.value}"
+    return CallbackReceived(
+        provider=provider,
+        account="main",
+        transaction_id=txid,
+        provider_status=status.value,
+        status=status,
+        kind=Kind.PAYMENT,
+        verified_by=_PROVIDERS[provider],
+        received_at="2026-01-02T03:04:05Z",
+        raw=RawRequest("GET", f"/callbacks/{provider}/main", query, b"", {}, "127.0.0.1"),
+        order_id=f"ORD-{txid}",
+        amount=1250,
+        currency="EUR",
+        correlation_id=f"bench-{n}",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def cpu_seconds(worker_pids: set[int]) -> dict[str, float]:
+    """CPU time so far per component (Linux /proc; empty elsewhere): where the drain's cost goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if int(entry.name) in worker_pids:
+            name = "ledger worker"
+        elif comm == "postgres":
+            name = "postgres"
+        elif comm.startswith("beam"):
+            name = "rabbitmq"
+        else:
+            name = "other"
+        totals[name] = totals.get(name, 0.0) + used
+    return totals
+
+
+def workload(count: int, seed: int = 1) -> tuple[list[CallbackReceived], int]:
+    """``count`` messages: 75% unique callbacks (pending + succeeded, some refunds), 25% repeats."""
+    rng = random.Random(seed)
+    unique: list[CallbackReceived] = []
+    target = count - count // 4
+    n = 0
+    providers = list(_PROVIDERS)
+    while len(unique) < target:
+        provider = providers[n % len(providers)]
+        txid = f"B{n}"
+        fee = {"fee_amount": 25} if provider == "paycore" else {}
+        unique.append(_callback(provider, txid, Status.PENDING, n))
+        unique.append(_callback(provider, txid, Status.SUCCEEDED, n, **fee))
+        if n % 10 == 0:
+            unique.append(
+                _callback(
+                    provider, txid, Status.PARTIALLY_REFUNDED, n, refund_amount=250, variant="r1"
+                )
+            )
+        n += 1
+    unique = unique[:target]
+    messages = unique + rng.choices(unique, k=count - target)
+    rng.shuffle(messages)
+    return messages, len(unique)
+
+
+async def preload(amqp_url: str, topology: Topology, messages: list[CallbackReceived]) -> float:
+    connection = await amqp.connect(amqp_url, name="payhook-bench-preload")
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await amqp.declare_topology(channel, topology)
+        exchange = await channel.get_exchange(topology.callbacks_exchange, ensure=False)
+        in_flight = asyncio.Semaphore(512)
+        started = time.perf_counter()
+
+        async def publish(n: int, cb: CallbackReceived) -> None:
+            async with in_flight:
+                await exchange.publish(
+                    aio_pika.Message(
+                        encode_callback(cb),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        content_type="application/json",
+                        message_id=cb.id,
+                        headers={HEADER_CORRELATION_ID: f"bench-{n}"},
+                    ),
+                    routing_key=topology.callback_routing_key(cb.provider, cb.account),
+                )
+
+        await asyncio.gather(*(publish(n, cb) for n, cb in enumerate(messages)))
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
+
+
+async def cleanup_broker(amqp_url: str, topology: Topology) -> None:
+    connection = await amqp.connect(amqp_url, name="payhook-bench-cleanup")
+    try:
+        channel = await connection.channel()
+        for queue in (
+            topology.ledger_queue,
+            topology.ledger_dead_queue,
+            topology.webhooks_queue,
+            topology.webhooks_dead_queue,
+            topology.orders_queue,
+        ):
+            await channel.queue_delete(queue)
+        for exchange in (
+            topology.callbacks_exchange,
+            topology.events_exchange,
+            topology.ledger_dead_exchange,
+        ):
+            await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=20000, help="messages to pre-load")
+    parser.add_argument("--batch-size", type=int, help="PAYHOOK_LEDGER_BATCH_SIZE")
+    parser.add_argument("--prefetch", type=int, help="PAYHOOK_LEDGER_PREFETCH")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--deadline", type=float, default=300.0, help="give up after (s)")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--profile", metavar="PATH", help="run the worker under cProfile")
+    args = parser.parse_args()
+
+    server = _loopback(
+        os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/payhook")
+    )
+    amqp_url = _loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/"))
+    database_url = urlunsplit(urlsplit(server)._replace(path=f"/{DATABASE}"))
+    admin = await asyncpg.connect(server)
+    await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    await admin.execute(f"CREATE DATABASE {DATABASE}")
+    await migrate(database_url)
+    namespace = f"bench{secrets.token_hex(4)}"
+    topology = Topology(namespace)
+
+    messages, unique = workload(args.count)
+    print(
+        f"ledger drain: {len(messages)} messages ({unique} unique callbacks, "
+        f"{len(messages) - unique} duplicates), {args.workers} worker(s)"
+    )
+    elapsed = await preload(amqp_url, topology, messages)
+    print(f"  preload: {len(messages)} published (confirmed) in {elapsed:.1f} s")
+
+    conn = await asyncpg.connect(database_url)
+    processes: list[subprocess.Popen[bytes]] = []
+    status = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "payhook.toml"
+        config.write_text(_CONFIG, encoding="utf-8")
+        env = {
+            **os.environ,
+            "PAYHOOK_DATABASE_URL": database_url,
+            "PAYHOOK_AMQP_URL": amqp_url,
+            "PAYHOOK_AMQP_NAMESPACE": namespace,
+            "PAYHOOK_CONFIG_PATH": str(config),
+            "PAYHOOK_LOG_LEVEL": "warning",
+        }
+        if args.batch_size:
+            env["PAYHOOK_LEDGER_BATCH_SIZE"] = str(args.batch_size)
+        if args.prefetch:
+            env["PAYHOOK_LEDGER_PREFETCH"] = str(args.prefetch)
+        try:
+            started = time.perf_counter()
+            command = [sys.executable, "-m", "workers.ledger"]
+            if args.profile:
+                command[1:1] = ["-m", "cProfile", "-o", args.profile]
+            for _ in range(args.workers):
+                processes.append(subprocess.Popen(command, cwd=REPO, env=env))  # noqa: ASYNC220
+            pids = {p.pid for p in processes}
+            cpu_before = cpu_seconds(pids)
+            first = None
+            while True:
+                recorded = await conn.fetchval("SELECT count(*) FROM callbacks")
+                now = time.perf_counter()
+                if first is None and recorded:
+                    first = (now, recorded)
+                if recorded >= unique:
+                    break
+                if now - started > args.deadline:
+                    print(f"  gave up after {args.deadline:.0f} s: {recorded} of {unique}")
+                    return 1
+                if any(p.poll() is not None for p in processes):
+                    print("  a worker exited early")
+                    return 1
+                await asyncio.sleep(0.05)
+            done = time.perf_counter()
+            cpu_after = cpu_seconds(pids)
+            total = done - started
+            print(
+                f"  drained in {total:.2f} s from worker start: "
+                f"{len(messages) / total:,.0f} callbacks/s ({unique / total:,.0f} unique/s)"
+            )
+            if first is not None and done > first[0]:
+                steady = (unique - first[1]) / (done - first[0])
+                print(
+                    f"  after the first commit: {steady * len(messages) / unique:,.0f} "
+                    f"callbacks/s ({steady:,.0f} unique/s)"
+                )
+            spent = {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after}
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(spent.items()) if v > 0.05)
+            if parts:
+                print(f"  CPU while draining ({os.cpu_count()} cores x {total:.1f} s): {parts}")
+        finally:
+            for p in processes:
+                p.send_signal(signal.SIGTERM)
+            for p in processes:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        report = await check_ledger(conn)
+        counts = ", ".join(f"{k}={v}" for k, v in report.counts.items())
+        print(f"  ledger check: {'ok' if report.ok else 'FAILED'} ({counts})")
+        for breach in report.breaches:
+            print(f"    BREACH {breach}")
+        status = 0 if report.ok else 1
+    await conn.close()
+    await cleanup_broker(amqp_url, topology)
+    if not args.keep:
+        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    await admin.close()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
