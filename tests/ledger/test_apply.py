@@ -163,6 +163,31 @@ async def test_the_database_refuses_unbalanced_or_edited_postings(
         )
 
 
+async def test_the_callback_is_kept_byte_for_byte(pool: asyncpg.Pool[Any], policy: Policy) -> None:
+    item = Incoming.of(callback(S.SUCCEEDED), "corr")
+    async with pool.acquire() as conn:
+        await apply_batch(conn, [item], policy)
+        stored = await conn.fetchval("SELECT body::text FROM callbacks")
+    assert stored.encode() == item.body
+
+
+async def test_check_reports_every_broken_reference(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    async with pool.acquire() as conn:
+        await apply_batch(conn, items(callback(S.SUCCEEDED), callback(S.PENDING, "T2")), policy)
+        assert (await check_ledger(conn)).ok
+        await conn.execute("DELETE FROM payments WHERE transaction_id = 'T2'")
+        await conn.execute("ALTER TABLE journal_entries DISABLE TRIGGER USER")
+        try:
+            await conn.execute("DELETE FROM journal_entries")
+        finally:
+            await conn.execute("ALTER TABLE journal_entries ENABLE TRIGGER USER")
+        breaches = (await check_ledger(conn)).breaches
+    assert any("postings of entry" in b for b in breaches)
+    assert any("callback" in b and "does not exist" in b for b in breaches)
+
+
 async def test_check_reports_postings_that_disagree_with_the_payment(
     pool: asyncpg.Pool[Any], policy: Policy
 ) -> None:

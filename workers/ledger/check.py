@@ -2,7 +2,8 @@
 
 Breaches (any one makes the check fail):
 1. a journal entry that does not sum to zero per currency, or has no postings;
-2. an entry whose callback belongs to another payment, or did not move money by its outcome;
+2. a reference to a row that does not exist (postings -> entry -> callback -> payment), an
+   entry whose callback belongs to another payment, or did not move money by its outcome;
 3. a payment whose postings differ from what its money targets imply (``postings.legs_for``
    from zero to the stored targets, per account and currency);
 4. a payment whose state is not one of its kind's, whose refund exceeds what was paid, or
@@ -59,8 +60,17 @@ WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)
 """
 _ENTRY_CALLBACKS = """
 SELECT e.id, c.payment_id AS callback_payment, e.payment_id, c.outcome
-FROM journal_entries e JOIN callbacks c ON c.id = e.id
-WHERE c.payment_id <> e.payment_id OR c.outcome NOT IN ('applied', 'late')
+FROM journal_entries e LEFT JOIN callbacks c ON c.id = e.id
+WHERE c.id IS NULL OR c.payment_id <> e.payment_id OR c.outcome NOT IN ('applied', 'late')
+"""
+# The tables have no foreign keys (migration 010 says why): every reference is checked here.
+_ORPHAN_POSTINGS = """
+SELECT DISTINCT p.entry_id FROM postings p LEFT JOIN journal_entries e ON e.id = p.entry_id
+WHERE e.id IS NULL
+"""
+_ORPHAN_CALLBACKS = """
+SELECT c.id, c.payment_id FROM callbacks c LEFT JOIN payments p ON p.id = c.payment_id
+WHERE p.id IS NULL
 """
 _PAYMENTS = """
 SELECT id, provider, account, transaction_id, kind, state, merchant, currency, test, paid,
@@ -115,6 +125,14 @@ async def check_ledger(conn: Conn) -> CheckReport:
         )
     for row in await conn.fetch(_EMPTY_ENTRIES):
         report._add(seen, "empty", f"entry {row['id']} has no postings")
+    for row in await conn.fetch(_ORPHAN_POSTINGS):
+        report._add(seen, "orphan", f"postings of entry {row['entry_id']}, which does not exist")
+    for row in await conn.fetch(_ORPHAN_CALLBACKS):
+        report._add(
+            seen,
+            "orphan",
+            f"callback {row['id']} of payment {row['payment_id']}, which does not exist",
+        )
     for row in await conn.fetch(_ENTRY_CALLBACKS):
         report._add(
             seen,

@@ -232,7 +232,7 @@ SELECT id, payment_id, status, provider_status, variant, outcome, reason, state_
 FROM json_to_recordset($1::text::json) AS c (
     n int, id uuid, payment_id uuid, status text, provider_status text, variant text,
     outcome text, reason text, state_before text, state_after text, correlation_id text,
-    body jsonb)
+    body json)
 ORDER BY n
 ON CONFLICT (id) DO NOTHING
 """

@@ -3,15 +3,15 @@
 -- Sign convention: debit > 0, credit < 0.
 
 CREATE TABLE journal_entries (
-    id          uuid PRIMARY KEY REFERENCES callbacks (id),
-    payment_id  uuid NOT NULL REFERENCES payments (id),
+    id          uuid PRIMARY KEY,                -- callbacks.id
+    payment_id  uuid NOT NULL,                   -- payments.id
     memo        text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX journal_entries_payment ON journal_entries (payment_id);
 
 CREATE TABLE postings (
-    entry_id  uuid NOT NULL REFERENCES journal_entries (id),
+    entry_id  uuid NOT NULL,                     -- journal_entries.id
     leg       smallint NOT NULL,
     account   text NOT NULL,
     currency  text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
