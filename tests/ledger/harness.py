@@ -116,15 +116,10 @@ async def start_workers(
         dead = await control.get_exchange(topology.ledger_dead_exchange, ensure=False)
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.ledger_prefetch)
-        queue = await channel.get_queue(topology.ledger_queue, ensure=False)
         worker = LedgerWorker(settings, config, pool, topology, dead)
-        tag = await queue.consume(worker.on_message, no_ack=False)
+        cancel = await worker.subscribe(channel, topology.ledger_queue)
         workers.append(worker)
         tasks.append(asyncio.create_task(worker.run(stop)))
-
-        async def cancel(queue: Any = queue, tag: str = tag) -> None:
-            await queue.cancel(tag)
-
         stack.push_async_callback(cancel)
 
     async def finish() -> None:
@@ -158,3 +153,44 @@ async def eventually(check: Callable[[], Awaitable[bool]], patience: float = 30.
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+class TcpProxy:
+    """A loopback TCP proxy whose links can be cut, to break a client's broker connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for writer in self.links:
+            writer.transport.abort()
+        self.links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

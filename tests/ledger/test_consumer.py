@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
@@ -18,7 +20,7 @@ from workers.ledger.commands import HEADER_REPLAYED, replay_dead
 from workers.ledger.consumer import HEADER_ERROR, run_ledger_worker
 
 from .factory import callback
-from .harness import eventually, ledger_states, publish_callbacks, start_workers
+from .harness import TcpProxy, eventually, ledger_states, publish_callbacks, start_workers
 
 S = Status
 
@@ -183,3 +185,46 @@ async def test_run_ledger_worker_with_orders_queue(
         await asyncio.wait_for(task, 20)
         await connection.close()
     task.result()
+
+
+async def test_worker_resubscribes_after_the_broker_connection_breaks(
+    pool: asyncpg.Pool[Any], settings: Settings, ledger_config: Config, namespace: str
+) -> None:
+    topology = Topology(namespace)
+    target = urlsplit(settings.amqp_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    port = await proxy.start()
+    proxied = urlunsplit(
+        target._replace(
+            netloc=f"{target.username}:{target.password}@127.0.0.1:{port}",
+            query="reconnect_interval=0.2",
+        )
+    )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
+            stack.push_async_callback(connection.close)
+            channel = await connection.channel(publisher_confirms=True)
+            await amqp.declare_topology(channel, topology)
+            workers = await start_workers(
+                stack,
+                count=1,
+                settings=replace(settings, amqp_url=proxied),
+                config=ledger_config,
+                pool=pool,
+                topology=topology,
+            )
+            await publish_callbacks(
+                channel, topology, [callback(S.SUCCEEDED, f"A{n}") for n in range(5)]
+            )
+            await workers.wait_handled(5)
+            proxy.cut()
+            await asyncio.sleep(0.1)
+            await publish_callbacks(
+                channel, topology, [callback(S.SUCCEEDED, f"B{n}") for n in range(5)]
+            )
+            await workers.wait_handled(10, patience=30)
+            async with pool.acquire() as conn:
+                assert len(await ledger_states(conn)) == 10
+    finally:
+        await proxy.close()

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,12 +33,8 @@ import aio_pika
 import aiormq
 import asyncpg
 import structlog
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel
+from aiormq.abc import DeliveredMessage
 
 from contracts.callbacks import decode_callback
 from contracts.config import Config, Settings
@@ -63,20 +59,28 @@ HEADER_FAILED_AT = "x-payhook-failed-at"
 _DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
 _PIPELINE_DEPTH = 2
 _DB_RETRY_S = (0.5, 1.0, 2.0, 5.0)
-_SETTLE_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
+_SETTLE_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+)
 
 
-def decode_message(message: AbstractIncomingMessage) -> Incoming:
+def _headers(message: DeliveredMessage) -> dict[str, Any]:
+    return dict(message.header.properties.headers or {})
+
+
+def decode_message(message: DeliveredMessage) -> Incoming:
     """Decode a ledger message; raises ``DecodeError`` for poison."""
     callback = decode_callback(message.body)  # orjson: valid UTF-8 JSON, or DecodeError
-    header = (message.headers or {}).get(HEADER_CORRELATION_ID)
+    header = (message.header.properties.headers or {}).get(HEADER_CORRELATION_ID)
     correlation = header.decode() if isinstance(header, bytes) else str(header or "")
     return Incoming(callback, callback.id, message.body, correlation or callback.correlation_id)
 
 
 @dataclass(slots=True)
 class _Batch:
-    messages: list[AbstractIncomingMessage] = field(default_factory=list)
+    messages: list[DeliveredMessage] = field(default_factory=list)
     items: list[Incoming] = field(default_factory=list)
     ordered: bool = True  # one channel, increasing tags: a multiple ack is exact
 
@@ -100,7 +104,7 @@ class LedgerWorker:
         self.batch_wait = max(0.0, settings.ledger_batch_wait_ms / 1000)
         self.grace = settings.shutdown_grace_s
         self.totals = ApplyResult()
-        self._inbox: deque[AbstractIncomingMessage] = deque()
+        self._inbox: deque[DeliveredMessage] = deque()
         self._wake = asyncio.Event()  # a message arrived, a batch finished, or stop
         self._in_flight = 0
         self._settled: asyncio.Future[None] | None = None
@@ -109,9 +113,40 @@ class LedgerWorker:
         self._last_tag = 0
         self._multiple_ok = True  # cleared for good once a batch is abandoned unacked
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: DeliveredMessage) -> None:
         self._inbox.append(message)
         self._wake.set()
+
+    async def subscribe(
+        self, channel: AbstractChannel, queue: str
+    ) -> Callable[[], Awaitable[None]]:
+        """Consume ``queue`` on ``channel``; returns the coroutine function that stops it.
+
+        Deliveries are taken from aio-pika's underlying aiormq channel: wrapping each one in an
+        ``IncomingMessage`` (plus a task) cost about 40 us of the worker's CPU per message,
+        measured, which is a sixth of its budget at 5,000 callbacks/s. The robust channel
+        still reconnects, restores QoS and calls ``reopen_callbacks``, where we subscribe again.
+        """
+        tags: list[tuple[Any, str]] = []
+
+        async def consume(*_: Any) -> None:
+            raw = await channel.get_underlay_channel()
+            ok = await raw.basic_consume(queue, self.on_message, no_ack=False)
+            tags.append((raw, ok.consumer_tag or ""))
+
+        await consume()
+        robust = channel if isinstance(channel, AbstractRobustChannel) else None
+        if robust is not None:
+            robust.reopen_callbacks.add(consume)
+
+        async def cancel() -> None:
+            if robust is not None:
+                robust.reopen_callbacks.discard(consume)
+            raw, tag = tags[-1]
+            with contextlib.suppress(*_SETTLE_ERRORS):
+                await raw.basic_cancel(tag)
+
+        return cancel
 
     async def run(self, stop: asyncio.Event) -> None:
         """Batch and apply until ``stop``; then let in-flight batches finish (with a grace).
@@ -171,7 +206,7 @@ class LedgerWorker:
         if pending:
             await asyncio.wait(pending)
 
-    async def _add(self, batch: _Batch, message: AbstractIncomingMessage) -> None:
+    async def _add(self, batch: _Batch, message: DeliveredMessage) -> None:
         tag = message.delivery_tag or 0
         if message.channel is not self._channel or tag <= self._last_tag:
             # A reconnect (new channel, tags restart) or an out-of-order arrival.
@@ -185,11 +220,11 @@ class LedgerWorker:
             log.error(
                 "ledger.poison_message",
                 reason=str(exc),
-                message_id=message.message_id,
-                delivery_tag=message.delivery_tag,
+                message_id=message.header.properties.message_id,
+                delivery_tag=tag,
             )
             with contextlib.suppress(*_SETTLE_ERRORS):
-                await message.reject(requeue=False)
+                await message.channel.basic_reject(tag, requeue=False)
             return
         batch.messages.append(message)
         batch.items.append(item)
@@ -236,7 +271,7 @@ class LedgerWorker:
                     return None
 
     async def _settle(self, batch: _Batch, failures: Sequence[str | None]) -> None:
-        ok: list[AbstractIncomingMessage] = []
+        ok: list[DeliveredMessage] = []
         for message, item, why in zip(batch.messages, batch.items, failures, strict=True):
             if why is None:
                 ok.append(message)
@@ -246,16 +281,16 @@ class LedgerWorker:
             return
         try:
             if batch.ordered and self._multiple_ok:
-                await ok[-1].ack(multiple=True)
+                await ok[-1].channel.basic_ack(_tag(ok[-1]), multiple=True)
             else:
                 for message in ok:
-                    await message.ack()
+                    await message.channel.basic_ack(_tag(message))
         except _SETTLE_ERRORS as exc:
             # The channel went away after the commit: the broker redelivers, dedupe absorbs it.
             log.warning("ledger.ack_lost", error=repr(exc), count=len(ok))
 
-    async def _fail(self, message: AbstractIncomingMessage, item: Incoming, why: str) -> None:
-        raw = (message.headers or {}).get(_DELIVERY_COUNT)
+    async def _fail(self, message: DeliveredMessage, item: Incoming, why: str) -> None:
+        raw = _headers(message).get(_DELIVERY_COUNT)
         count = raw if isinstance(raw, int) else 0
         last = count + 1 >= self.topology.ledger_delivery_limit
         with structlog.contextvars.bound_contextvars(
@@ -271,23 +306,24 @@ class LedgerWorker:
             )
         try:
             if last:
-                headers = dict(message.headers or {})
+                props = message.header.properties
+                headers = _headers(message)
                 headers[HEADER_ERROR] = why
                 headers[HEADER_FAILED_AT] = datetime.now(UTC).isoformat()
                 await self.dead_exchange.publish(
                     aio_pika.Message(
                         message.body,
                         headers=headers,
-                        content_type=message.content_type,
-                        message_id=message.message_id,
-                        correlation_id=message.correlation_id,
+                        content_type=props.content_type,
+                        message_id=props.message_id,
+                        correlation_id=props.correlation_id,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
                     routing_key=self.topology.ledger_queue,
                 )
-                await message.ack()
+                await message.channel.basic_ack(_tag(message))
             else:
-                await message.nack(requeue=True)
+                await message.channel.basic_nack(_tag(message), requeue=True)
         except _SETTLE_ERRORS as exc:
             log.warning("ledger.settle_lost", error=repr(exc))
 
@@ -316,13 +352,19 @@ class LedgerWorker:
         )
 
 
-async def _consume(queue: AbstractQueue, worker: LedgerWorker, stop: asyncio.Event) -> None:
-    tag = await queue.consume(worker.on_message, no_ack=False)
+def _tag(message: DeliveredMessage) -> int:
+    return message.delivery_tag or 0
+
+
+async def _consume(
+    channel: AbstractChannel, queue: str, worker: LedgerWorker, stop: asyncio.Event
+) -> None:
+    cancel = await worker.subscribe(channel, queue)
     try:
         await worker.run(stop)
     finally:
-        with contextlib.suppress(*_SETTLE_ERRORS, asyncio.CancelledError):
-            await queue.cancel(tag)
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancel()
 
 
 async def run_ledger_worker(settings: Settings, config: Config, stop: asyncio.Event) -> None:
@@ -337,7 +379,6 @@ async def run_ledger_worker(settings: Settings, config: Config, stop: asyncio.Ev
         dead = await control.get_exchange(topology.ledger_dead_exchange, ensure=False)
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.ledger_prefetch)
-        queue = await channel.get_queue(topology.ledger_queue, ensure=False)
         orders_channel = await connection.channel()
         await orders_channel.set_qos(prefetch_count=32)
         worker = LedgerWorker(settings, config, pool, topology, dead)
@@ -349,7 +390,7 @@ async def run_ledger_worker(settings: Settings, config: Config, stop: asyncio.Ev
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(consume_orders(orders_channel, topology, pool, config, stop))
-            group.create_task(_consume(queue, worker, stop))
+            group.create_task(_consume(channel, topology.ledger_queue, worker, stop))
         log.info(
             "ledger.stopped",
             recorded=worker.totals.recorded,
