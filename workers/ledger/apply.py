@@ -10,9 +10,8 @@ postings, and events (the outbox), then ``NOTIFY`` the relay once. The caller ac
 messages only after the commit; a crash before it redelivers them and step (2) makes the
 replay a no-op.
 
-Payments the batch creates are inserted, not locked: if another transaction created the
-same payment meanwhile, the insert comes back short, the transaction rolls back, and the
-retry finds the row and locks it.
+Payments the batch creates are first inserted as placeholders, in id order, so that the
+lock step finds a row for every payment even while another worker creates the same one.
 
 If a batch keeps failing for a reason other than a lost connection, ``apply_each`` falls
 back to one transaction per message, so one bad message does not hold back the others.
@@ -179,13 +178,23 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
         store.payment_id(i.callback.provider, i.callback.account, i.callback.transaction_id)
         for i in items
     ]
-    current: dict[str, Payment] = await store.lock_payments(conn, sorted(set(ids)))
+    # Every payment of the batch gets a row before anything is decided: a placeholder (state
+    # "new", from its first callback here) where none exists. If another worker is creating
+    # the same payment right now, the insert waits for its commit and then does nothing, so
+    # the lock below always finds a committed or our own row and no batch is redone.
+    placeholders: dict[str, Payment] = {}
+    for item, pid in zip(items, ids, strict=True):
+        if pid not in placeholders:
+            merchant = policy.merchant(item.callback.provider, item.callback.account)
+            placeholders[pid] = new_payment(pid, item.callback, merchant)
+    await store.insert_payments(conn, sorted(placeholders.values(), key=lambda p: p.id))
+    current: dict[str, Payment] = await store.lock_payments(conn, sorted(placeholders))
     locked = dict(current)
     seen = await store.existing_callbacks(conn, [i.id for i in items])
     orders = {
         (i.callback.provider, i.callback.account, order)
         for i, pid in zip(items, ids, strict=True)
-        if (order := i.callback.order_id or (p.order_id if (p := current.get(pid)) else None))
+        if (order := i.callback.order_id or current[pid].order_id)
     }
     expectations = await store.load_expectations(conn, orders)
 
@@ -199,11 +208,7 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
             continue
         seen.add(item.id)
         callback = item.callback
-        payment = current.get(pid)
-        if payment is None:
-            payment = new_payment(
-                pid, callback, policy.merchant(callback.provider, callback.account)
-            )
+        payment = current[pid]
         order_id = callback.order_id or payment.order_id
         expectation = (
             expectations.get((callback.provider, callback.account, order_id)) if order_id else None
@@ -237,11 +242,7 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
         if verdict.event_status is not None:
             events.append(_event_row(item, verdict))
 
-    created = sorted((p for p in current.values() if not p.exists), key=lambda p: p.id)
-    changed = [p for pid, p in current.items() if p.exists and p != locked[pid]]
-    if await store.insert_payments(conn, created) != len(created):
-        raise LedgerContention("a payment this batch creates was created concurrently")
-    await store.update_payments(conn, changed)
+    await store.update_payments(conn, [p for pid, p in current.items() if p != locked[pid]])
     if await store.insert_callbacks(conn, callbacks) != len(callbacks):
         raise LedgerContention("a callback this batch records was recorded concurrently")
     await store.insert_entries(conn, entries)

@@ -70,7 +70,6 @@ class Payment:
     money: Money
     fee_currency: str | None = None
     attention: str | None = None
-    exists: bool = False  # a committed row (UPDATE) rather than one this batch creates (INSERT)
 
 
 def new_payment(payment_id: str, callback: CallbackReceived, merchant: str | None) -> Payment:

@@ -84,7 +84,6 @@ def _payment(row: Mapping[str, Any]) -> Payment:
         money=Money(row["paid"], row["refund_sum"], row["full_refund"], row["fee"]),
         fee_currency=row["fee_currency"],
         attention=row["attention"],
-        exists=True,
     )
 
 
@@ -187,7 +186,7 @@ ON CONFLICT DO NOTHING
 
 
 async def insert_payments(conn: Conn, payments: Sequence[Payment]) -> int:
-    """Insert rows this batch created; returns how many went in (fewer: someone else did)."""
+    """Insert rows that do not exist yet (in id order); returns how many went in."""
     if not payments:
         return 0
     status = await conn.execute(_INSERT_PAYMENTS, _rows([_payment_row(p) for p in payments]))
