@@ -217,6 +217,45 @@ async def test_one_bad_message_does_not_block_the_batch(
         }
 
 
+async def test_a_payment_created_meanwhile_is_decided_again(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    first = items(callback(S.SUCCEEDED, "T1", fee_amount=5))
+    second = items(
+        callback(S.PENDING, "T1"),
+        callback(S.PARTIALLY_REFUNDED, "T1", refund_amount=100, variant="r"),
+        callback(S.SUCCEEDED, "T2"),
+    )
+    async with pool.acquire() as one, pool.acquire() as two:
+        outer = one.transaction()
+        await outer.start()
+        await apply_batch(one, first, policy)  # T1 created, not committed yet
+        task = asyncio.create_task(apply_batch(two, second, policy))
+
+        async def waiting() -> bool:
+            return bool(
+                await one.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+            )
+
+        for _ in range(200):
+            if await waiting():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        await outer.commit()  # the second batch's insert of T1 now comes back empty
+        result = await task
+        assert result.outcomes == {"stale": 1, "applied": 2}
+        model = Model({("paysera", "main"): "shop"})
+        for item in [*first, *second]:
+            model.apply(item.callback)
+        assert await ledger_states(one) == model.states()
+        assert await ledger_balances(one) == model.balances()
+        assert (await check_ledger(one)).ok
+
+
 async def test_concurrent_batches_on_the_same_payments_converge(
     pool: asyncpg.Pool[Any], policy: Policy
 ) -> None:

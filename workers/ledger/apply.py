@@ -10,8 +10,9 @@ postings, and events (the outbox), then ``NOTIFY`` the relay once. The caller ac
 messages only after the commit; a crash before it redelivers them and step (2) makes the
 replay a no-op.
 
-Payments the batch creates are first inserted as placeholders, in id order, so that the
-lock step finds a row for every payment even while another worker creates the same one.
+Payments the batch creates are inserted (in id order) with their final values; if another
+worker created one of them meanwhile, only that payment's callbacks are decided again, once
+its committed row is locked (see ``_apply``).
 
 If a batch keeps failing for a reason other than a lost connection, ``apply_each`` falls
 back to one transaction per message, so one bad message does not hold back the others.
@@ -36,6 +37,7 @@ from contracts.events import build_event, routing_key
 from contracts.statuses import VerifiedBy
 from workers.ledger import store
 from workers.ledger.decide import Payment, Verdict, decide, new_payment
+from workers.ledger.expectations import Expectation
 from workers.ledger.store import CallbackRow, Conn, EntryRow, EventRow, PostingRow
 
 __all__ = [
@@ -172,49 +174,104 @@ async def apply_batch(conn: Conn, items: Sequence[Incoming], policy: Policy) -> 
         return await _apply(conn, items, policy)
 
 
+class _Plan:
+    """Verdicts for a batch, payment by payment; decisions of one payment never affect another."""
+
+    def __init__(self, items: Sequence[Incoming], ids: Sequence[str], policy: Policy) -> None:
+        self.items = items
+        self.ids = ids
+        self.policy = policy
+        self.verdicts: list[Verdict | None] = [None] * len(items)  # None: a duplicate
+        self.current: dict[str, Payment] = {}  # each payment as the batch leaves it
+
+    def decide(
+        self,
+        start: Mapping[str, Payment],
+        seen: set[str],
+        expectations: Mapping[tuple[str, str, str], Expectation],
+        only: set[str] | None = None,
+    ) -> None:
+        """Decide every item (or those of the ``only`` payments) in delivery order."""
+        for pid in only if only is not None else set(self.ids):
+            self.current.pop(pid, None)
+        done = set(seen)
+        for n, (item, pid) in enumerate(zip(self.items, self.ids, strict=True)):
+            if only is not None and pid not in only:
+                continue
+            if item.id in done:
+                self.verdicts[n] = None
+                continue
+            done.add(item.id)
+            callback = item.callback
+            payment = self.current.get(pid) or start.get(pid)
+            if payment is None:
+                merchant = self.policy.merchant(callback.provider, callback.account)
+                payment = new_payment(pid, callback, merchant)
+            order_id = callback.order_id or payment.order_id
+            expectation = (
+                expectations.get((callback.provider, callback.account, order_id))
+                if order_id
+                else None
+            )
+            require = self.policy.require_expectation(callback)
+            verdict = decide(payment, callback, expectation, require)
+            self.verdicts[n] = verdict
+            self.current[pid] = verdict.after
+
+
+def _orders(
+    items: Sequence[Incoming], ids: Sequence[str], rows: Mapping[str, Payment]
+) -> set[tuple[str, str, str]]:
+    out = set()
+    for item, pid in zip(items, ids, strict=True):
+        row = rows.get(pid)
+        order = item.callback.order_id or (row.order_id if row is not None else None)
+        if order:
+            out.add((item.callback.provider, item.callback.account, order))
+    return out
+
+
 async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> ApplyResult:
-    result = ApplyResult()
     ids = [
         store.payment_id(i.callback.provider, i.callback.account, i.callback.transaction_id)
         for i in items
     ]
-    # Every payment of the batch gets a row before anything is decided: a placeholder (state
-    # "new", from its first callback here) where none exists. If another worker is creating
-    # the same payment right now, the insert waits for its commit and then does nothing, so
-    # the lock below always finds a committed or our own row and no batch is redone.
-    placeholders: dict[str, Payment] = {}
-    for item, pid in zip(items, ids, strict=True):
-        if pid not in placeholders:
-            merchant = policy.merchant(item.callback.provider, item.callback.account)
-            placeholders[pid] = new_payment(pid, item.callback, merchant)
-    await store.insert_payments(conn, sorted(placeholders.values(), key=lambda p: p.id))
-    current: dict[str, Payment] = await store.lock_payments(conn, sorted(placeholders))
-    locked = dict(current)
+    locked = await store.lock_payments(conn, sorted(set(ids)))
     seen = await store.existing_callbacks(conn, [i.id for i in items])
-    orders = {
-        (i.callback.provider, i.callback.account, order)
-        for i, pid in zip(items, ids, strict=True)
-        if (order := i.callback.order_id or current[pid].order_id)
-    }
-    expectations = await store.load_expectations(conn, orders)
+    expectations = await store.load_expectations(conn, _orders(items, ids, locked))
+    plan = _Plan(items, ids, policy)
+    plan.decide(locked, seen, expectations)
 
+    # Payments this batch creates are inserted with their final values. One another worker
+    # created meanwhile (the insert waited for its commit, then did nothing) is locked now,
+    # and only its callbacks are decided again, against the committed row: nothing of the
+    # batch has been written yet, and no other payment's verdicts depend on it.
+    created = sorted((p for pid, p in plan.current.items() if pid not in locked), key=_by_id)
+    lost = {p.id for p in created} - await store.insert_payments(conn, created)
+    if lost:
+        fresh = await store.lock_payments(conn, sorted(lost))
+        locked.update(fresh)
+        theirs = [i for i, pid in zip(items, ids, strict=True) if pid in lost]
+        seen |= await store.existing_callbacks(conn, [i.id for i in theirs])
+        expectations = {
+            **expectations,
+            **await store.load_expectations(conn, _orders(items, ids, fresh)),
+        }
+        plan.decide(locked, seen, expectations, only=lost)
+    await store.update_payments(
+        conn, [p for pid, p in plan.current.items() if pid in locked and p != locked[pid]]
+    )
+
+    result = ApplyResult()
     callbacks: list[CallbackRow] = []
     entries: list[EntryRow] = []
     postings: list[PostingRow] = []
     events: list[EventRow] = []
-    for item, pid in zip(items, ids, strict=True):
-        if item.id in seen:
+    for item, pid, verdict in zip(items, ids, plan.verdicts, strict=True):
+        if verdict is None:
             result.duplicates += 1
             continue
-        seen.add(item.id)
         callback = item.callback
-        payment = current[pid]
-        order_id = callback.order_id or payment.order_id
-        expectation = (
-            expectations.get((callback.provider, callback.account, order_id)) if order_id else None
-        )
-        verdict = decide(payment, callback, expectation, policy.require_expectation(callback))
-        current[pid] = verdict.after
         result.outcomes[verdict.outcome.value] += 1
         if verdict.reason is not None:
             result.attention.append((item, verdict))
@@ -242,7 +299,6 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
         if verdict.event_status is not None:
             events.append(_event_row(item, verdict))
 
-    await store.update_payments(conn, [p for pid, p in current.items() if p != locked[pid]])
     if await store.insert_callbacks(conn, callbacks) != len(callbacks):
         raise LedgerContention("a callback this batch records was recorded concurrently")
     await store.insert_entries(conn, entries)
@@ -253,6 +309,10 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
     result.recorded = len(callbacks)
     result.entries = len(entries)
     return result
+
+
+def _by_id(payment: Payment) -> str:
+    return payment.id
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -182,15 +182,20 @@ INSERT INTO payments (id, state, order_id, currency, amount, paid, refund_sum, f
 SELECT * FROM json_to_recordset($1::text::json) AS r ({_PAYMENT_RECORD})
 ORDER BY id
 ON CONFLICT DO NOTHING
+RETURNING id
 """  # noqa: S608 - a constant column list, no data
 
 
-async def insert_payments(conn: Conn, payments: Sequence[Payment]) -> int:
-    """Insert rows that do not exist yet (in id order); returns how many went in."""
+async def insert_payments(conn: Conn, payments: Sequence[Payment]) -> set[str]:
+    """Insert new payments (in id order); returns the ids that went in.
+
+    A row another transaction is inserting makes this wait for its commit; then it is left
+    out (``ON CONFLICT DO NOTHING``) and the caller locks and reconsiders it.
+    """
     if not payments:
-        return 0
-    status = await conn.execute(_INSERT_PAYMENTS, _rows([_payment_row(p) for p in payments]))
-    return int(status.rsplit(" ", 1)[1])
+        return set()
+    rows = await conn.fetch(_INSERT_PAYMENTS, _rows([_payment_row(p) for p in payments]))
+    return {str(row["id"]) for row in rows}
 
 
 _UPDATE_PAYMENTS = f"""
