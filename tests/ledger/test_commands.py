@@ -64,7 +64,7 @@ async def test_payments_show(
     assert "paid       12.50 EUR   refunded 2.50 EUR   fee 0.30 EUR" in out
     assert "stale" in out
     assert "Cr merchant_balance:shop" in out
-    assert "corr=corr-9" in out
+    assert "corr corr-9" in out
 
     assert (
         await _run(settings, ledger_config, "payments", "show", "paycore", "cpi_1", "--json") == 0

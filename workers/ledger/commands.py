@@ -108,11 +108,12 @@ def _print_payment(p: Mapping[str, Any]) -> None:
         )
     print("  history")
     for h in p["history"]:
+        when = str(h["recorded_at"])[:19].replace("T", " ")
         reason = f"  ({h['reason']})" if h["reason"] else ""
         print(
-            f"    {h['recorded_at']}  {h['status']:<18} provider={h['provider_status']!s:<12}"
-            f" {h['outcome']:<15} {h['state_before']} -> {h['state_after']}"
-            f"  corr={h['correlation_id'] or '-'}{reason}"
+            f"    {when}  {h['status']:<18} {h['outcome']:<15}"
+            f" {h['state_before']} -> {h['state_after']}"
+            f"  [provider {h['provider_status']!s}, corr {h['correlation_id'] or '-'}]{reason}"
         )
     print("  postings")
     if not p["postings"]:
