@@ -217,3 +217,14 @@ async def test_run_admin_listens_and_stops(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def test_ledger_options_must_be_booleans() -> None:
+    from contracts.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trust_source_address"):
+        Policy.from_config(make_config(config_dict(trust_source_address_without_expectation=1)))
+    data = config_dict()
+    data["providers"]["paysepro"]["main"]["require_expectation"] = "yes"
+    with pytest.raises(ConfigError, match="require_expectation"):
+        Policy.from_config(make_config(data))

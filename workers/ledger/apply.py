@@ -33,6 +33,7 @@ import structlog
 
 from contracts.callbacks import CallbackReceived
 from contracts.config import Config
+from contracts.errors import ConfigError
 from contracts.events import build_event, routing_key
 from contracts.statuses import VerifiedBy
 from workers.ledger import store
@@ -91,13 +92,13 @@ class Policy:
     def from_config(cls, config: Config) -> Policy:
         trust = config.ledger.get("trust_source_address_without_expectation", False)
         if not isinstance(trust, bool):
-            raise TypeError("ledger.trust_source_address_without_expectation must be a boolean")
+            raise ConfigError("ledger.trust_source_address_without_expectation must be a boolean")
         require: dict[tuple[str, str], bool] = {}
         for key, account in config.accounts.items():
             value = account.options.get("require_expectation")
             if value is not None:
                 if not isinstance(value, bool):
-                    raise TypeError(
+                    raise ConfigError(
                         f"providers.{key[0]}.{key[1]}.require_expectation must be a boolean"
                     )
                 require[key] = value
