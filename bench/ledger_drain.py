@@ -83,6 +83,17 @@ def _callback(
     )
 
 
+def cpu_reference() -> float:
+    """Milliseconds for a fixed pure-Python loop: this host's speed right now (it varies)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(20):
+            sum(range(1_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def cpu_seconds(worker_pids: set[int]) -> dict[str, float]:
     """CPU time so far per component (Linux /proc; empty elsewhere): where the drain's cost goes."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -109,10 +120,19 @@ def cpu_seconds(worker_pids: set[int]) -> dict[str, float]:
     return totals
 
 
-def workload(count: int, seed: int = 1) -> tuple[list[CallbackReceived], int]:
-    """``count`` messages: 75% unique callbacks (pending + succeeded, some refunds), 25% repeats."""
+def workload(
+    count: int, seed: int = 1, order: str = "arrival"
+) -> tuple[list[CallbackReceived], int]:
+    """``count`` messages: 75% unique callbacks (pending + succeeded, some refunds), 25% repeats.
+
+    ``arrival`` orders them as they would arrive: payment ``i`` starts at slot ``i``, succeeds
+    up to 3,000 messages later, is refunded later still, and a repeat comes up to 5,000
+    messages after its original (at 5,000/s: within a second or so; real gaps are longer).
+    ``shuffled`` is the worst case for the ledger's row locks: every batch in flight shares
+    payments with the one before it, so their transactions take turns.
+    """
     rng = random.Random(seed)
-    unique: list[CallbackReceived] = []
+    unique: list[tuple[float, CallbackReceived]] = []
     target = count - count // 4
     n = 0
     providers = list(_PROVIDERS)
@@ -120,19 +140,23 @@ def workload(count: int, seed: int = 1) -> tuple[list[CallbackReceived], int]:
         provider = providers[n % len(providers)]
         txid = f"B{n}"
         fee = {"fee_amount": 25} if provider == "paycore" else {}
-        unique.append(_callback(provider, txid, Status.PENDING, n))
-        unique.append(_callback(provider, txid, Status.SUCCEEDED, n, **fee))
+        paid_at = n + rng.uniform(0, 3000)
+        unique.append((n, _callback(provider, txid, Status.PENDING, n)))
+        unique.append((paid_at, _callback(provider, txid, Status.SUCCEEDED, n, **fee)))
         if n % 10 == 0:
-            unique.append(
-                _callback(
-                    provider, txid, Status.PARTIALLY_REFUNDED, n, refund_amount=250, variant="r1"
-                )
+            refund = _callback(
+                provider, txid, Status.PARTIALLY_REFUNDED, n, refund_amount=250, variant="r1"
             )
+            unique.append((paid_at + rng.uniform(0, 3000), refund))
         n += 1
     unique = unique[:target]
-    messages = unique + rng.choices(unique, k=count - target)
-    rng.shuffle(messages)
-    return messages, len(unique)
+    repeats = [(at + rng.uniform(1, 5000), cb) for at, cb in rng.choices(unique, k=count - target)]
+    timed = unique + repeats
+    if order == "shuffled":
+        rng.shuffle(timed)
+    else:
+        timed.sort(key=lambda pair: pair[0])
+    return [cb for _, cb in timed], len(unique)
 
 
 async def preload(amqp_url: str, topology: Topology, messages: list[CallbackReceived]) -> float:
@@ -191,6 +215,12 @@ async def main() -> int:
     parser.add_argument("--batch-size", type=int, help="PAYHOOK_LEDGER_BATCH_SIZE")
     parser.add_argument("--prefetch", type=int, help="PAYHOOK_LEDGER_PREFETCH")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--order",
+        choices=("arrival", "shuffled"),
+        default="arrival",
+        help="arrival: as providers send them; shuffled: worst case for row locks",
+    )
     parser.add_argument("--deadline", type=float, default=300.0, help="give up after (s)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     parser.add_argument("--profile", metavar="PATH", help="run the worker under cProfile")
@@ -208,10 +238,10 @@ async def main() -> int:
     namespace = f"bench{secrets.token_hex(4)}"
     topology = Topology(namespace)
 
-    messages, unique = workload(args.count)
+    messages, unique = workload(args.count, order=args.order)
     print(
         f"ledger drain: {len(messages)} messages ({unique} unique callbacks, "
-        f"{len(messages) - unique} duplicates), {args.workers} worker(s)"
+        f"{len(messages) - unique} duplicates, {args.order} order), {args.workers} worker(s)"
     )
     elapsed = await preload(amqp_url, topology, messages)
     print(f"  preload: {len(messages)} published (confirmed) in {elapsed:.1f} s")
@@ -289,6 +319,9 @@ async def main() -> int:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        print(
+            f"  CPU reference (sum(range(10**6)) x 20): {cpu_reference():.0f} ms, lower is faster"
+        )
         report = await check_ledger(conn)
         counts = ", ".join(f"{k}={v}" for k, v in report.counts.items())
         print(f"  ledger check: {'ok' if report.ok else 'FAILED'} ({counts})")
