@@ -217,7 +217,7 @@ async def test_one_bad_message_does_not_block_the_batch(
         }
 
 
-async def test_a_payment_created_meanwhile_is_decided_again(
+async def test_a_batch_waits_for_one_creating_the_same_payment(
     pool: asyncpg.Pool[Any], policy: Policy
 ) -> None:
     first = items(callback(S.SUCCEEDED, "T1", fee_amount=5))
@@ -229,7 +229,7 @@ async def test_a_payment_created_meanwhile_is_decided_again(
     async with pool.acquire() as one, pool.acquire() as two:
         outer = one.transaction()
         await outer.start()
-        await apply_batch(one, first, policy)  # T1 created, not committed yet
+        await apply_batch(one, first, policy)  # T1 created and locked, not committed yet
         task = asyncio.create_task(apply_batch(two, second, policy))
 
         async def waiting() -> bool:
@@ -245,7 +245,7 @@ async def test_a_payment_created_meanwhile_is_decided_again(
                 break
             await asyncio.sleep(0.01)
         assert not task.done()
-        await outer.commit()  # the second batch's insert of T1 now comes back empty
+        await outer.commit()  # now the second batch sees T1 as the first one left it
         result = await task
         assert result.outcomes == {"stale": 1, "applied": 2}
         model = Model({("paysera", "main"): "shop"})

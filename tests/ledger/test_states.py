@@ -219,3 +219,11 @@ def test_payment_id_is_a_plain_uuid5() -> None:
     for key in (("paysera", "main", "T1"), ("paycore", "acc", "cpi_ü")):
         expected = uuid.uuid5(store._PAYMENT_NAMESPACE, "\x1f".join(key))
         assert store.payment_id(*key) == str(expected)
+
+
+def test_lock_keys_fit_a_signed_int4() -> None:
+    from workers.ledger.store import lock_key
+
+    assert lock_key("7fffffff-0000-5000-8000-000000000000") == 2**31 - 1
+    assert lock_key("80000000-0000-5000-8000-000000000000") == -(2**31)
+    assert lock_key("ffffffff-0000-5000-8000-000000000000") == -1

@@ -1,18 +1,15 @@
 """Apply a batch of ``CallbackReceived`` to the ledger in one transaction.
 
-Exactly once: within one transaction, (1) lock the batch's existing payment rows in id order,
-(2) look up which callbacks are already recorded - under those locks nobody else can be
-recording callbacks of these payments - and skip them and in-batch repeats, (3) decide each
-new callback in delivery order against the payment as the previous one left it, (4) write
-payments, callbacks (``ON CONFLICT DO NOTHING``: a count short of expected means the locking
-protocol was bypassed, so the batch is retried rather than trusted), journal entries and
-postings, and events (the outbox), then ``NOTIFY`` the relay once. The caller acks the AMQP
-messages only after the commit; a crash before it redelivers them and step (2) makes the
-replay a no-op.
-
-Payments the batch creates are inserted (in id order) with their final values; if another
-worker created one of them meanwhile, only that payment's callbacks are decided again, once
-its committed row is locked (see ``_apply``).
+Exactly once: within one transaction, (1) take the lock of every payment in the batch, in
+key order, whether the payment exists yet or not (``store.lock_payments`` says why advisory
+locks), and read the existing rows, (2) look up which callbacks are already recorded - under
+those locks nobody else can be recording callbacks of these payments - and skip them and
+in-batch repeats, (3) decide each new callback in delivery order against the payment as the
+previous one left it, (4) write payments (one insert or update each), callbacks
+(``ON CONFLICT DO NOTHING``: a count short of expected means the locking protocol was
+bypassed, so the batch is retried rather than trusted), journal entries and postings, and
+events (the outbox), then ``NOTIFY`` the relay once. The caller acks the AMQP messages only
+after the commit; a crash before it redelivers them and step (2) makes the replay a no-op.
 
 If a batch keeps failing for a reason other than a lost connection, ``apply_each`` falls
 back to one transaction per message, so one bad message does not hold back the others.
@@ -175,49 +172,37 @@ async def apply_batch(conn: Conn, items: Sequence[Incoming], policy: Policy) -> 
         return await _apply(conn, items, policy)
 
 
-class _Plan:
-    """Verdicts for a batch, payment by payment; decisions of one payment never affect another."""
-
-    def __init__(self, items: Sequence[Incoming], ids: Sequence[str], policy: Policy) -> None:
-        self.items = items
-        self.ids = ids
-        self.policy = policy
-        self.verdicts: list[Verdict | None] = [None] * len(items)  # None: a duplicate
-        self.current: dict[str, Payment] = {}  # each payment as the batch leaves it
-
-    def decide(
-        self,
-        start: Mapping[str, Payment],
-        seen: set[str],
-        expectations: Mapping[tuple[str, str, str], Expectation],
-        only: set[str] | None = None,
-    ) -> None:
-        """Decide every item (or those of the ``only`` payments) in delivery order."""
-        for pid in only if only is not None else set(self.ids):
-            self.current.pop(pid, None)
-        done = set(seen)
-        for n, (item, pid) in enumerate(zip(self.items, self.ids, strict=True)):
-            if only is not None and pid not in only:
-                continue
-            if item.id in done:
-                self.verdicts[n] = None
-                continue
-            done.add(item.id)
-            callback = item.callback
-            payment = self.current.get(pid) or start.get(pid)
-            if payment is None:
-                merchant = self.policy.merchant(callback.provider, callback.account)
-                payment = new_payment(pid, callback, merchant)
-            order_id = callback.order_id or payment.order_id
-            expectation = (
-                expectations.get((callback.provider, callback.account, order_id))
-                if order_id
-                else None
+def _decide_all(
+    items: Sequence[Incoming],
+    ids: Sequence[str],
+    locked: Mapping[str, Payment],
+    seen: set[str],
+    expectations: Mapping[tuple[str, str, str], Expectation],
+    policy: Policy,
+) -> tuple[list[Verdict | None], dict[str, Payment]]:
+    """Each item's verdict (None: a duplicate) in delivery order, and each payment after."""
+    verdicts: list[Verdict | None] = []
+    current: dict[str, Payment] = dict(locked)
+    done = set(seen)
+    for item, pid in zip(items, ids, strict=True):
+        if item.id in done:
+            verdicts.append(None)
+            continue
+        done.add(item.id)
+        callback = item.callback
+        payment = current.get(pid)
+        if payment is None:
+            payment = new_payment(
+                pid, callback, policy.merchant(callback.provider, callback.account)
             )
-            require = self.policy.require_expectation(callback)
-            verdict = decide(payment, callback, expectation, require)
-            self.verdicts[n] = verdict
-            self.current[pid] = verdict.after
+        order_id = callback.order_id or payment.order_id
+        expectation = (
+            expectations.get((callback.provider, callback.account, order_id)) if order_id else None
+        )
+        verdict = decide(payment, callback, expectation, policy.require_expectation(callback))
+        verdicts.append(verdict)
+        current[pid] = verdict.after
+    return verdicts, current
 
 
 def _orders(
@@ -240,27 +225,13 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
     locked = await store.lock_payments(conn, sorted(set(ids)))
     seen = await store.existing_callbacks(conn, [i.id for i in items])
     expectations = await store.load_expectations(conn, _orders(items, ids, locked))
-    plan = _Plan(items, ids, policy)
-    plan.decide(locked, seen, expectations)
+    verdicts, current = _decide_all(items, ids, locked, seen, expectations, policy)
 
-    # Payments this batch creates are inserted with their final values. One another worker
-    # created meanwhile (the insert waited for its commit, then did nothing) is locked now,
-    # and only its callbacks are decided again, against the committed row: nothing of the
-    # batch has been written yet, and no other payment's verdicts depend on it.
-    created = sorted((p for pid, p in plan.current.items() if pid not in locked), key=_by_id)
-    lost = {p.id for p in created} - await store.insert_payments(conn, created)
-    if lost:
-        fresh = await store.lock_payments(conn, sorted(lost))
-        locked.update(fresh)
-        theirs = [i for i, pid in zip(items, ids, strict=True) if pid in lost]
-        seen |= await store.existing_callbacks(conn, [i.id for i in theirs])
-        expectations = {
-            **expectations,
-            **await store.load_expectations(conn, _orders(items, ids, fresh)),
-        }
-        plan.decide(locked, seen, expectations, only=lost)
+    created = sorted((p for pid, p in current.items() if pid not in locked), key=_by_id)
+    if await store.insert_payments(conn, created) != len(created):
+        raise LedgerContention("a payment this batch creates exists: the locks were bypassed")
     await store.update_payments(
-        conn, [p for pid, p in plan.current.items() if pid in locked and p != locked[pid]]
+        conn, [p for pid, p in current.items() if pid in locked and p != locked[pid]]
     )
 
     result = ApplyResult()
@@ -268,7 +239,7 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
     entries: list[EntryRow] = []
     postings: list[PostingRow] = []
     events: list[EventRow] = []
-    for item, pid, verdict in zip(items, ids, plan.verdicts, strict=True):
+    for item, pid, verdict in zip(items, ids, verdicts, strict=True):
         if verdict is None:
             result.duplicates += 1
             continue

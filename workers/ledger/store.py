@@ -60,12 +60,26 @@ def payment_id(provider: str, account: str, transaction_id: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-_LOCK_PAYMENTS = """
+# Advisory-lock namespace ("LEDG") for payment keys: the two-int form keeps these apart from
+# single-bigint advisory locks such as the migration runner's.
+LOCK_CLASS = 0x4C454447
+
+_LOCK_KEYS = "SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k"
+
+_SELECT_PAYMENTS = """
 SELECT id, provider, account, transaction_id, kind, state, merchant, order_id, currency, amount,
        test, paid, refund_sum, full_refund, fee, fee_currency, attention
 FROM payments WHERE id = ANY($1::uuid[])
-ORDER BY id FOR UPDATE
 """
+
+
+def lock_key(payment_id: str) -> int:
+    """The advisory-lock key of a payment: its id's first 32 bits, as a signed int4.
+
+    Two payments sharing a key (about one pair in four billion) merely take turns.
+    """
+    value = int(payment_id[:8], 16)
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _payment(row: Mapping[str, Any]) -> Payment:
@@ -88,17 +102,23 @@ def _payment(row: Mapping[str, Any]) -> Payment:
 
 
 async def lock_payments(conn: Conn, ids: Sequence[str]) -> dict[str, Payment]:
-    """Lock the existing rows among ``ids``, in id order, and return them.
+    """Take the batch's payment locks, all at once and in key order; return existing rows.
 
-    Why row locks (and this order): every change to a payment happens under its row lock,
-    so two workers holding callbacks of one payment take turns, and the second sees the
-    first's committed result (READ COMMITTED takes a fresh snapshot per statement). Locking
-    in one global order (the ``ORDER BY`` runs below the lock step) means two batches never
-    wait on each other in a cycle. Serializable transactions would give the same result with
-    more aborted work under exactly the contention this path sees (duplicates of one payment
-    in flight on several workers).
+    Why these locks: every change to a payment (its row, its callbacks, entries, postings and
+    events) happens under its lock, so two workers holding callbacks of one payment take
+    turns, and the second sees the first's committed result (READ COMMITTED reads a fresh
+    snapshot per statement). The locks are transaction-scoped advisory locks on the payment's
+    key rather than row locks because most payments do not exist yet when their first
+    callbacks arrive: a row lock cannot cover a row that is not there, and mixing row locks
+    with waits on someone else's uncommitted insert let two batches wait on each other (a
+    deadlock, found after a second). Here every wait happens in this one statement, in one
+    global order, so no cycle can form. Serializable transactions would give the same result
+    with more aborted work under exactly the contention this path sees (copies of one
+    callback, or callbacks of one payment, in flight on several workers).
     """
-    rows = await conn.fetch(_LOCK_PAYMENTS, list(ids))
+    keys = sorted({lock_key(pid) for pid in ids})
+    await conn.fetchval(_LOCK_KEYS, LOCK_CLASS, keys)
+    rows = await conn.fetch(_SELECT_PAYMENTS, list(ids))
     return {str(row["id"]): _payment(row) for row in rows}
 
 
@@ -182,20 +202,15 @@ INSERT INTO payments (id, state, order_id, currency, amount, paid, refund_sum, f
 SELECT * FROM json_to_recordset($1::text::json) AS r ({_PAYMENT_RECORD})
 ORDER BY id
 ON CONFLICT DO NOTHING
-RETURNING id
 """  # noqa: S608 - a constant column list, no data
 
 
-async def insert_payments(conn: Conn, payments: Sequence[Payment]) -> set[str]:
-    """Insert new payments (in id order); returns the ids that went in.
-
-    A row another transaction is inserting makes this wait for its commit; then it is left
-    out (``ON CONFLICT DO NOTHING``) and the caller locks and reconsiders it.
-    """
+async def insert_payments(conn: Conn, payments: Sequence[Payment]) -> int:
+    """Insert new payments (in id order); returns how many went in (all, under the locks)."""
     if not payments:
-        return set()
-    rows = await conn.fetch(_INSERT_PAYMENTS, _rows([_payment_row(p) for p in payments]))
-    return {str(row["id"]) for row in rows}
+        return 0
+    status = await conn.execute(_INSERT_PAYMENTS, _rows([_payment_row(p) for p in payments]))
+    return int(status.rsplit(" ", 1)[1])
 
 
 _UPDATE_PAYMENTS = f"""
