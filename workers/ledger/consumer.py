@@ -41,7 +41,7 @@ from contracts.config import Config, Settings
 from contracts.errors import DecodeError
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from workers import amqp, db
-from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each
+from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each, is_connection_error
 from workers.ledger.expectations import consume_orders
 
 __all__ = [
@@ -261,7 +261,10 @@ class LedgerWorker:
             try:
                 return await apply_each(self.pool, items, self.policy)
             except Exception as exc:
-                # apply_each only lets connection errors through: wait for the database.
+                if not is_connection_error(exc):  # a bug, not the database: fail the messages
+                    log.exception("ledger.batch_crashed", size=len(items))
+                    return ApplyResult(), [f"{type(exc).__name__}: {exc}"[:500]] * len(items)
+                # The database went away: nobody's fault, wait for it.
                 delay = _DB_RETRY_S[min(attempt, len(_DB_RETRY_S) - 1)]
                 attempt += 1
                 log.warning("ledger.database_unavailable", error=repr(exc), retry_in_s=delay)
