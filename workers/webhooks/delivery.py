@@ -167,9 +167,7 @@ async def post_event(endpoint: Endpoint, event_id: str, body: bytes) -> AttemptR
     except aiohttp.ClientConnectorError:
         return AttemptResult(Outcome.FAILED, error_class="connection_error", duration_ms=elapsed())
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return AttemptResult(
-            Outcome.FAILED, error_class=_error_class(exc), duration_ms=elapsed()
-        )
+        return AttemptResult(Outcome.FAILED, error_class=_error_class(exc), duration_ms=elapsed())
     text = head.decode("utf-8", errors="replace").replace("\x00", "")
     if 200 <= status < 300:
         outcome = Outcome.DELIVERED

@@ -67,7 +67,8 @@ class Publisher:
     async def retry(self, job: Job, attempt: int, delay: float) -> None:
         # A zero delay (a schedule step of 0 after the first) goes straight back to the queue.
         queue = (
-            self._topology.webhooks_retry_queue(delay) if delay > 0
+            self._topology.webhooks_retry_queue(delay)
+            if delay > 0
             else self._topology.webhooks_queue
         )
         await self._publish(queue, canonical_body(job.event), headers_for(job, attempt), job)

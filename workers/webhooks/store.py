@@ -40,9 +40,7 @@ __all__ = [
 ]
 
 # A pool or a connection: both have fetch/fetchrow/execute.
-Executor: TypeAlias = (
-    "asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
-)
+Executor: TypeAlias = "asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +106,10 @@ async def get_attempt(db: Executor, key: AttemptKey) -> AttemptRecord | None:
     row = await db.fetchrow(
         "SELECT finished_at, next_action, next_delay_s, followed_up_at FROM webhook_attempts"
         " WHERE event_id = $1 AND merchant = $2 AND round = $3 AND attempt = $4",
-        key.event_id, key.merchant, key.round, key.attempt,
+        key.event_id,
+        key.merchant,
+        key.round,
+        key.attempt,
     )
     if row is None:
         return None
@@ -126,7 +127,10 @@ async def start_attempt(db: Executor, key: AttemptKey) -> None:
         "INSERT INTO webhook_attempts (event_id, merchant, round, attempt) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (event_id, merchant, round, attempt) DO UPDATE"
         " SET started_at = now(), finished_at = NULL",
-        key.event_id, key.merchant, key.round, key.attempt,
+        key.event_id,
+        key.merchant,
+        key.round,
+        key.attempt,
     )
 
 
@@ -169,14 +173,26 @@ async def finish_attempt(
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             _FINISH_ATTEMPT,
-            key.event_id, key.merchant, key.round, key.attempt,
-            result.duration_ms, result.status_code, result.error_class,
-            result.response_body, plan.action.value, plan.delay,
+            key.event_id,
+            key.merchant,
+            key.round,
+            key.attempt,
+            result.duration_ms,
+            result.status_code,
+            result.error_class,
+            result.response_body,
+            plan.action.value,
+            plan.delay,
         )
         await conn.execute(
             _FINISH_DELIVERY,
-            key.event_id, key.merchant, result.status_code, result.error_class,
-            _STATE_AFTER[plan.action], plan.delay, key.round,
+            key.event_id,
+            key.merchant,
+            result.status_code,
+            result.error_class,
+            _STATE_AFTER[plan.action],
+            plan.delay,
+            key.round,
         )
         if result.outcome is Outcome.GONE:
             await disable_endpoint(conn, key.merchant, "410 Gone")
@@ -186,7 +202,10 @@ async def mark_followed_up(db: Executor, key: AttemptKey) -> None:
     await db.execute(
         "UPDATE webhook_attempts SET followed_up_at = now()"
         " WHERE event_id = $1 AND merchant = $2 AND round = $3 AND attempt = $4",
-        key.event_id, key.merchant, key.round, key.attempt,
+        key.event_id,
+        key.merchant,
+        key.round,
+        key.attempt,
     )
 
 
@@ -196,7 +215,10 @@ async def park_delivery(
     await db.execute(
         "UPDATE webhook_deliveries SET state = 'parked', last_error = $4, next_attempt_at = NULL,"
         " updated_at = now() WHERE event_id = $1 AND merchant = $2 AND round = $3",
-        event_id, merchant, round_, reason,
+        event_id,
+        merchant,
+        round_,
+        reason,
     )
 
 
@@ -211,12 +233,14 @@ async def disable_endpoint(db: Executor, merchant: str, reason: str) -> int:
         " VALUES ($1, now(), $2)"
         " ON CONFLICT (merchant) DO UPDATE SET disabled_at = now(), disabled_reason = $2,"
         " updated_at = now()",
-        merchant, reason,
+        merchant,
+        reason,
     )
     parked = await db.fetch(
         "UPDATE webhook_deliveries SET state = 'parked', last_error = $2, next_attempt_at = NULL,"
         " updated_at = now() WHERE merchant = $1 AND state = 'pending' RETURNING 1",
-        merchant, f"endpoint disabled: {reason}",
+        merchant,
+        f"endpoint disabled: {reason}",
     )
     return len(parked)
 
@@ -250,7 +274,11 @@ async def deliveries_needing_attention(
         " AND ($4::timestamptz IS NULL OR updated_at >= $4)"
         " ORDER BY updated_at, event_id, merchant"
         " LIMIT $5",
-        list(states), include_failing, merchant, since, limit,
+        list(states),
+        include_failing,
+        merchant,
+        since,
+        limit,
     )
 
 
@@ -265,9 +293,7 @@ async def attempts_for_event(db: Executor, event_id: str) -> list[asyncpg.Record
     )
 
 
-async def deliveries_for_events(
-    db: Executor, event_ids: Sequence[str]
-) -> list[asyncpg.Record]:
+async def deliveries_for_events(db: Executor, event_ids: Sequence[str]) -> list[asyncpg.Record]:
     return await db.fetch(
         "SELECT event_id, merchant, state, round, attempts, delivered_at"
         " FROM webhook_deliveries WHERE event_id = ANY($1::text[])"
