@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,15 +19,22 @@ from contracts.errors import DecodeError
 from contracts.statuses import Kind, Status, VerifiedBy
 
 __all__ = [
+    "CALLBACK_BATCH_TYPE",
     "CALLBACK_SCHEMA_VERSION",
+    "CALLBACK_TYPE",
     "CallbackReceived",
     "RawRequest",
     "callback_id",
     "decode_callback",
+    "decode_callbacks",
     "encode_callback",
+    "encode_callbacks",
 ]
 
 CALLBACK_SCHEMA_VERSION = 1
+# AMQP ``type`` of a message holding one callback (a JSON object) or several (a JSON array).
+CALLBACK_TYPE = "payhook.callback.received"
+CALLBACK_BATCH_TYPE = "payhook.callback.batch"
 
 # uuid5 namespace for callback and event ids: fixed forever, or ids stop being stable.
 _ID_NAMESPACE = uuid.UUID("6f1c2b7e-4f0e-5a53-9d8e-70a1c7b0f3a1")
@@ -162,14 +169,46 @@ def encode_callback(callback: CallbackReceived) -> bytes:
     return orjson.dumps(callback.to_json())
 
 
+def encode_callbacks(callbacks: Sequence[CallbackReceived]) -> bytes:
+    """A batch message body: a JSON array of ``CallbackReceived`` documents."""
+    return orjson.dumps([callback.to_json() for callback in callbacks])
+
+
 def decode_callback(body: bytes) -> CallbackReceived:
     """Parse a ``CallbackReceived`` body; raises ``DecodeError`` on anything else."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"callback body is not JSON: {exc}") from None
+    data = _loads(body)
     if not isinstance(data, dict):
         raise DecodeError("callback body is not a JSON object")
+    return _from_document(data)
+
+
+def decode_callbacks(body: bytes) -> list[tuple[CallbackReceived, bytes]]:
+    """Parse a ledger message body: one callback (an object) or a batch (a non-empty array).
+
+    Returns each callback with its own JSON document, to be stored verbatim. One malformed
+    element makes the whole body malformed: the ingress wrote it, so that is a bug to look at.
+    """
+    data = _loads(body)
+    if isinstance(data, dict):
+        return [(_from_document(data), body)]
+    if not isinstance(data, list) or not data:
+        raise DecodeError("callback body is neither a JSON object nor a non-empty array")
+    out: list[tuple[CallbackReceived, bytes]] = []
+    for element in data:
+        if not isinstance(element, dict):
+            raise DecodeError("callback batch holds something that is not a JSON object")
+        out.append((_from_document(element), orjson.dumps(element)))
+    return out
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"callback body is not JSON: {exc}") from None
+
+
+def _from_document(data: dict[str, Any]) -> CallbackReceived:
     if data.get("schema_version") != CALLBACK_SCHEMA_VERSION:
         raise DecodeError(f"unsupported callback schema_version {data.get('schema_version')!r}")
     missing = [name for name in _REQUIRED if name not in data]

@@ -1,35 +1,65 @@
-"""Publishing verified callbacks with publisher confirms.
+"""Publishing verified callbacks with publisher confirms, in batches.
 
 The ingress answers a provider only after RabbitMQ confirmed the persistent, mandatory
-publish. Many requests publish at once on one confirm channel; each awaits only its own
-confirm, so throughput comes from confirms in flight, not from batching acks to providers.
+publish that carries its callback. Callbacks that become ready in the same turn of the event
+loop travel together in one AMQP message (a JSON array; a lone callback is sent as a plain
+object), and every request in it awaits that message's confirm. Why batch: on this hardware
+the broker spends ~240 us of CPU per persistent confirmed message on a quorum queue and
+aio-pika ~100 us more, so one message per callback caps the ingress near the broker's
+~2-3k msg/s; a batch divides both by its size. No time is waited for a batch to fill: under
+light load every batch holds one callback, so batching adds no latency, and under heavy load
+batches grow with the number of requests that arrive together. Many batches are in flight at
+once; none waits for another's confirm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
-from contracts.callbacks import CallbackReceived, encode_callback
+from contracts.callbacks import (
+    CALLBACK_BATCH_TYPE,
+    CALLBACK_TYPE,
+    CallbackReceived,
+    encode_callback,
+    encode_callbacks,
+)
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 
 __all__ = ["CallbackPublisher", "PublishFailed"]
+
+_BATCH_NAMESPACE = uuid.UUID("0b7c6a52-3f0e-4d43-9a55-4c0a7b1f6f21")
 
 
 class PublishFailed(Exception):
     """The broker did not confirm: the provider must not get its acknowledgement."""
 
 
+class _Batch:
+    __slots__ = ("callbacks", "confirmed", "routing_key")
+
+    def __init__(self, routing_key: str, confirmed: asyncio.Future[None]) -> None:
+        self.routing_key = routing_key
+        self.callbacks: list[CallbackReceived] = []
+        self.confirmed = confirmed
+
+
 class CallbackPublisher:
-    def __init__(self, amqp_url: str, topology: Topology, *, timeout_s: float) -> None:
+    def __init__(
+        self, amqp_url: str, topology: Topology, *, timeout_s: float, max_batch: int = 128
+    ) -> None:
         self._amqp_url = amqp_url
         self._topology = topology
         self._timeout_s = timeout_s
+        self._max_batch = max(1, max_batch)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._filling: dict[str, _Batch] = {}  # routing key -> batch still taking callbacks
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -42,6 +72,8 @@ class CallbackPublisher:
         self._exchange = await _declare(self._channel, self._topology)
 
     async def close(self) -> None:
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=self._timeout_s)
         if self._connection is not None:
             await self._connection.close()
 
@@ -51,24 +83,66 @@ class CallbackPublisher:
         return conn is not None and not conn.is_closed and conn.connected.is_set()
 
     async def publish(self, callback: CallbackReceived) -> None:
+        """Return once a confirmed message holds ``callback``; else raise ``PublishFailed``."""
         if self._exchange is None or not self.ready:
             raise PublishFailed("broker not connected")
-        message = aio_pika.Message(
-            body=encode_callback(callback),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
-            message_id=callback.id,
-            correlation_id=callback.correlation_id or None,
-            headers={HEADER_CORRELATION_ID: callback.correlation_id},
-            type="payhook.callback.received",
-        )
         key = self._topology.callback_routing_key(callback.provider, callback.account)
+        batch = self._filling.get(key)
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._filling[key] = _Batch(key, loop.create_future())
+            # Runs after every handler already runnable in this turn has added its callback.
+            loop.call_soon(self._send, batch)
+        batch.callbacks.append(callback)
+        if len(batch.callbacks) >= self._max_batch:
+            self._send(batch)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await asyncio.shield(batch.confirmed)
+        except TimeoutError:
+            raise PublishFailed("no confirm within the publish timeout") from None
+
+    def _send(self, batch: _Batch) -> None:
+        if self._filling.get(batch.routing_key) is not batch:
+            return  # already sent (it filled up before its turn came)
+        del self._filling[batch.routing_key]
+        task = asyncio.create_task(self._publish_batch(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish_batch(self, batch: _Batch) -> None:
+        assert self._exchange is not None
+        callbacks = batch.callbacks
+        if len(callbacks) == 1:
+            only = callbacks[0]
+            message = aio_pika.Message(
+                body=encode_callback(only),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/json",
+                message_id=only.id,
+                correlation_id=only.correlation_id or None,
+                headers={HEADER_CORRELATION_ID: only.correlation_id},
+                type=CALLBACK_TYPE,
+            )
+        else:
+            message = aio_pika.Message(
+                body=encode_callbacks(callbacks),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/json",
+                # Deterministic, so a republished batch is recognisable in broker tooling.
+                message_id=str(uuid.uuid5(_BATCH_NAMESPACE, ",".join(c.id for c in callbacks))),
+                type=CALLBACK_BATCH_TYPE,
+            )
         try:
             # Returns Basic.Ack; a Nack/Reject or a mandatory return raises DeliveryError.
             async with asyncio.timeout(self._timeout_s):
-                await self._exchange.publish(message, routing_key=key, mandatory=True)
+                await self._exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
         except Exception as exc:  # any failure means "not durably accepted"
-            raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+            failed = PublishFailed(f"{type(exc).__name__}: {exc}")
+            batch.confirmed.set_exception(failed)
+            batch.confirmed.exception()  # retrieved here: waiters may have timed out already
+        else:
+            batch.confirmed.set_result(None)
 
 
 async def _declare(channel: AbstractChannel, topology: Topology) -> AbstractExchange:

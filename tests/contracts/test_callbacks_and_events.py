@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.callbacks import CallbackReceived, RawRequest, decode_callback, encode_callback
+from contracts.callbacks import (
+    CallbackReceived,
+    RawRequest,
+    decode_callback,
+    decode_callbacks,
+    encode_callback,
+    encode_callbacks,
+)
 from contracts.errors import DecodeError
 from contracts.events import EVENT_TYPES, build_event, decode_event, encode_event, routing_key
 from contracts.schema import event_schema, schema_filename
@@ -73,6 +80,31 @@ def test_decode_refuses_float_amounts_and_tampered_ids() -> None:
         decode_callback(orjson.dumps({**doc, "amount": 12.5}))
     with pytest.raises(DecodeError):
         decode_callback(orjson.dumps({**doc, "transaction_id": "other"}))
+
+
+def test_a_batch_body_decodes_to_each_callback_with_its_own_document() -> None:
+    first, second = make_callback(), make_callback(transaction_id="T-2", amount=99)
+    decoded = decode_callbacks(encode_callbacks([first, second]))
+    assert [callback for callback, _ in decoded] == [first, second]
+    # Each document stands alone (it is stored as the callback's history).
+    assert [decode_callback(document) for _, document in decoded] == [first, second]
+    single = encode_callback(first)
+    assert decode_callbacks(single) == [(first, single)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b"[1]", b'"text"', b"not json"],
+)
+def test_a_batch_body_refuses_what_is_not_callbacks(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_callbacks(body)
+
+
+def test_one_bad_member_makes_the_whole_batch_poison() -> None:
+    good = make_callback().to_json()
+    with pytest.raises(DecodeError):
+        decode_callbacks(orjson.dumps([good, {**good, "amount": 12.5}]))
 
 
 def test_event_is_a_cloudevent_with_stable_id_and_routing_key() -> None:

@@ -62,6 +62,7 @@ def test_bad_config_is_refused_with_the_key_named(patch: str, message: str) -> N
     )
     env = {"SHOP_SECRET": "x", "PAYSERA_PASSWORD": "y"}
     data = tomllib.loads(text.replace(', "file:shop.secret"', ""))
+
     def load_and_ask_for_the_secret() -> None:
         config = parse_config(data, environ=env)
         account = config.account("paysera", "main")

@@ -19,6 +19,7 @@ import standardwebhooks
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from contracts.callbacks import decode_callbacks
 from contracts.config import Config, parse_config
 from contracts.schema import event_schema
 from contracts.topology import Topology
@@ -278,3 +279,73 @@ async def test_unknown_account_is_404_and_broker_loss_is_503_never_ok(
                 assert resp.status == 503
             async with http.get(f"{base}/healthz") as resp:
                 assert resp.status == 200
+
+
+async def _queued_callbacks(amqp_url: str, namespace: str) -> tuple[int, list[str]]:
+    """Take every message off the ledger queue: (message count, transaction ids in them)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(Topology(namespace).ledger_queue, passive=True)
+        messages = 0
+        ids: list[str] = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            messages += 1
+            ids += [callback.transaction_id for callback, _ in decode_callbacks(message.body)]
+        return messages, ids
+
+
+async def test_callbacks_arriving_together_share_one_confirmed_message(
+    database_url: str, amqp_url: str, namespace: str, tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """Throughput comes from batching concurrent callbacks into one confirmed publish; each
+    one must still be in the broker exactly once when its provider gets ``OK``."""
+    config = make_config(tmp_path, rsa_key, "http://127.0.0.1:9/hooks")
+    settings = system_settings(database_url, amqp_url, namespace)
+    queries = [paysera_query(rsa_key, requestid=f"batch-{n}") for n in range(60)]
+    async with (
+        running_system(settings, config, roles=("ingress",)) as base,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def send(query: dict[str, str]) -> tuple[int, str]:
+            async with http.post(f"{base}/callbacks/paysera/main", data=query) as resp:
+                return resp.status, await resp.text()
+
+        answers = await asyncio.gather(*(send(q) for q in queries))
+    assert answers == [(200, "OK")] * len(queries)
+    messages, ids = await _queued_callbacks(amqp_url, namespace)
+    assert sorted(ids) == sorted(f"batch-{n}" for n in range(60))
+    assert messages < len(queries)
+
+
+async def test_a_refused_batch_fails_every_request_in_it(
+    database_url: str, amqp_url: str, namespace: str, tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """With no queue bound, the broker returns the mandatory publish: no request may get ``OK``;
+    once the binding is back, the providers' resends are all accepted."""
+    config = make_config(tmp_path, rsa_key, "http://127.0.0.1:9/hooks")
+    settings = system_settings(database_url, amqp_url, namespace)
+    topology = Topology(namespace)
+    queries = [paysera_query(rsa_key, requestid=f"refused-{n}") for n in range(20)]
+    async with (
+        running_system(settings, config, roles=("ingress",)) as base,
+        aiohttp.ClientSession() as http,
+        await aio_pika.connect(amqp_url) as connection,
+    ):
+        channel = await connection.channel()
+        queue = await channel.declare_queue(topology.ledger_queue, passive=True)
+
+        async def send_all() -> list[int]:
+            async def send(query: dict[str, str]) -> int:
+                async with http.post(f"{base}/callbacks/paysera/main", data=query) as resp:
+                    return resp.status
+
+            return await asyncio.gather(*(send(q) for q in queries))
+
+        await queue.unbind(topology.callbacks_exchange, "callback.#")
+        assert await send_all() == [503] * len(queries)
+        await queue.bind(topology.callbacks_exchange, "callback.#")
+        assert await send_all() == [200] * len(queries)
+    _, ids = await _queued_callbacks(amqp_url, namespace)
+    assert sorted(ids) == sorted(f"refused-{n}" for n in range(20))

@@ -12,7 +12,12 @@ from typing import Any, TypeVar
 import aio_pika
 import asyncpg
 
-from contracts.callbacks import CallbackReceived, encode_callback
+from contracts.callbacks import (
+    CALLBACK_BATCH_TYPE,
+    CallbackReceived,
+    encode_callback,
+    encode_callbacks,
+)
 from contracts.config import Config, Settings
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from workers import amqp
@@ -71,6 +76,25 @@ async def publish_callbacks(
             )
             for n, cb in enumerate(callbacks)
         )
+    )
+
+
+async def publish_batch(
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    callbacks: Sequence[CallbackReceived],
+) -> None:
+    """Publish ``callbacks`` in one message, as the ingress packs callbacks that arrive together."""
+    exchange = await channel.get_exchange(topology.callbacks_exchange, ensure=False)
+    first = callbacks[0]
+    await exchange.publish(
+        aio_pika.Message(
+            encode_callbacks(callbacks),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            type=CALLBACK_BATCH_TYPE,
+        ),
+        routing_key=topology.callback_routing_key(first.provider, first.account),
     )
 
 

@@ -20,7 +20,14 @@ from workers.ledger.commands import HEADER_REPLAYED, replay_dead
 from workers.ledger.consumer import HEADER_ERROR, run_ledger_worker
 
 from .factory import callback
-from .harness import TcpProxy, eventually, ledger_states, publish_callbacks, start_workers
+from .harness import (
+    TcpProxy,
+    eventually,
+    ledger_states,
+    publish_batch,
+    publish_callbacks,
+    start_workers,
+)
 
 S = Status
 
@@ -126,6 +133,64 @@ async def test_failing_message_is_dead_lettered_with_its_reason_and_replayed(
             async with pool.acquire() as conn:
                 await conn.execute(_FIX)
     assert HEADER_REPLAYED == "x-payhook-replayed"
+
+
+async def test_batch_message_with_a_failing_callback_applies_the_rest_once(
+    pool: asyncpg.Pool[Any], settings: Settings, ledger_config: Config, namespace: str
+) -> None:
+    """The ingress packs callbacks that arrive together into one message; one bad member must
+    neither block its siblings nor make them count twice when the message comes back."""
+    topology = Topology(namespace)
+    members = [
+        callback(S.SUCCEEDED, "T-b1"),
+        callback(S.SUCCEEDED, "T-bad", provider_status="boom"),
+        callback(S.SUCCEEDED, "T-b2"),
+    ]
+    async with pool.acquire() as conn:
+        await conn.execute(_BOOM)
+    fixed = False
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            workers = await start_workers(
+                stack,
+                count=1,
+                settings=settings,
+                config=ledger_config,
+                pool=pool,
+                topology=topology,
+            )
+            connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
+            stack.push_async_callback(connection.close)
+            channel = await connection.channel(publisher_confirms=True)
+            await publish_batch(channel, topology, members)
+            # Delivered delivery-limit times: the siblings apply on the first, then dedupe.
+            (dead,) = await _dead_letters(channel, topology, 1)
+            assert [d["transaction_id"] for d in orjson.loads(dead.body)] == [
+                "T-b1",
+                "T-bad",
+                "T-b2",
+            ]
+            assert "simulated ledger bug" in dead.headers[HEADER_ERROR]
+            await dead.nack(requeue=True)
+            async with pool.acquire() as conn:
+                states = await ledger_states(conn)
+                assert states[("paysera", "main", "T-b1")]["state"] == "succeeded"
+                assert states[("paysera", "main", "T-b2")]["state"] == "succeeded"
+                assert ("paysera", "main", "T-bad") not in states
+                await conn.execute(_FIX)
+            fixed = True
+            before = workers.handled()
+            assert await replay_dead(settings) == 1
+            await workers.wait_handled(before + 3)
+            async with pool.acquire() as conn:
+                states = await ledger_states(conn)
+                assert states[("paysera", "main", "T-bad")]["state"] == "succeeded"
+                assert await conn.fetchval("SELECT count(*) FROM callbacks") == 3
+                assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 3
+    finally:
+        if not fixed:
+            async with pool.acquire() as conn:
+                await conn.execute(_FIX)
 
 
 async def test_run_ledger_worker_with_orders_queue(

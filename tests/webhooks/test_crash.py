@@ -105,13 +105,17 @@ async def kill_while_waiting(
     log = tmp_path / "worker.log"
     async with MerchantServer(fail_first(2)).serving() as shop:
         secrets = write_config(tmp_path / "payhook.toml", shop.url)
-        env = os.environ | secrets | {
-            "PAYHOOK_DATABASE_URL": database_url,
-            "PAYHOOK_AMQP_URL": amqp_url,
-            "PAYHOOK_AMQP_NAMESPACE": namespace,
-            "PAYHOOK_CONFIG_PATH": str(tmp_path / "payhook.toml"),
-            "PAYHOOK_SHUTDOWN_GRACE_S": "3",
-        }
+        env = (
+            os.environ
+            | secrets
+            | {
+                "PAYHOOK_DATABASE_URL": database_url,
+                "PAYHOOK_AMQP_URL": amqp_url,
+                "PAYHOOK_AMQP_NAMESPACE": namespace,
+                "PAYHOOK_CONFIG_PATH": str(tmp_path / "payhook.toml"),
+                "PAYHOOK_SHUTDOWN_GRACE_S": "3",
+            }
+        )
         async with worker_process(env, log) as first:
             await publish_events(amqp_url, namespace, [event])
             await shop.wait_for(1)

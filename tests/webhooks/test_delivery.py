@@ -71,9 +71,7 @@ async def test_fails_three_times_then_succeeds_after_exactly_four_attempts(
         async with running_worker(make_settings(database_url, amqp_url, namespace), config):
             await publish_events(amqp_url, namespace, [event])
             await shop.wait_for(4)
-            await wait_until(
-                lambda: _state_is(database_url, event["id"], "delivered"), within=10
-            )
+            await wait_until(lambda: _state_is(database_url, event["id"], "delivered"), within=10)
             await asyncio.sleep(0.3)  # nothing further may come
 
     assert len(shop.requests) == 4
@@ -187,9 +185,7 @@ async def test_gone_disables_the_endpoint_and_enable_plus_replay_loses_nothing(
 
             # While disabled: no calls, every delivery parked (kept), none dropped.
             await publish_events(amqp_url, namespace, events[1:])
-            await wait_until(
-                lambda: _all_states(database_url, ids, "parked"), within=10
-            )
+            await wait_until(lambda: _all_states(database_url, ids, "parked"), within=10)
             assert len(shop.requests) == 1
 
             capsys.readouterr()

@@ -1,7 +1,8 @@
 """The ledger worker: consume ``<ns>.ledger`` in batches, apply, commit, then ack.
 
-Messages are collected into batches of up to ``ledger_batch_size`` (or whatever arrived
-within ``ledger_batch_wait_ms`` of the first), applied in one transaction (``apply.py``), and
+A message holds one callback, or several that the ingress published together. Messages are
+collected into batches of up to ``ledger_batch_size`` callbacks (or whatever arrived within
+``ledger_batch_wait_ms`` of the first), applied in one transaction (``apply.py``), and
 acked only after the commit, with one ``multiple`` ack up to the batch's last delivery tag.
 Two batches may be in flight at once (one committing while the next is decided), but they
 settle (ack/nack) strictly in delivery order, so a ``multiple`` ack never covers a message of a
@@ -10,10 +11,11 @@ batch that has not committed.
 Failures:
 - A body that is not a ``CallbackReceived`` is poison: rejected at once, without requeue; the
   queue's dead-letter exchange moves it to ``<ns>.ledger.dead`` (the log line says why).
-- A message that fails on its own (after the batch fell back to one transaction per message)
-  is nacked with requeue; the quorum queue counts deliveries. On its last allowed delivery the
-  worker publishes it to the dead-letter exchange itself, with ``x-payhook-error`` saying why,
-  and acks it. ``payhook ledger replay-dead`` puts dead messages back after a fix.
+- A message with a callback that fails on its own (after the batch fell back to one
+  transaction per callback) is nacked with requeue; the quorum queue counts deliveries. On its
+  last allowed delivery the worker publishes it to the dead-letter exchange itself, with
+  ``x-payhook-error`` saying why, and acks it. ``payhook ledger replay-dead`` puts dead
+  messages back after a fix.
 - A lost database connection is nobody's fault: the batch is retried until the database is
   back (or the worker stops, leaving the messages unacked for redelivery).
 """
@@ -36,7 +38,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 
-from contracts.callbacks import decode_callback
+from contracts.callbacks import decode_callbacks
 from contracts.config import Config, Settings
 from contracts.errors import DecodeError
 from contracts.topology import HEADER_CORRELATION_ID, Topology
@@ -70,18 +72,23 @@ def _headers(message: DeliveredMessage) -> dict[str, Any]:
     return dict(message.header.properties.headers or {})
 
 
-def decode_message(message: DeliveredMessage) -> Incoming:
-    """Decode a ledger message; raises ``DecodeError`` for poison."""
-    callback = decode_callback(message.body)  # orjson: valid UTF-8 JSON, or DecodeError
+def decode_message(message: DeliveredMessage) -> list[Incoming]:
+    """Decode a ledger message (one callback, or the ingress's batch); ``DecodeError`` = poison."""
+    decoded = decode_callbacks(message.body)  # orjson: valid UTF-8 JSON, or DecodeError
     header = (message.header.properties.headers or {}).get(HEADER_CORRELATION_ID)
     correlation = header.decode() if isinstance(header, bytes) else str(header or "")
-    return Incoming(callback, callback.id, message.body, correlation or callback.correlation_id)
+    return [
+        Incoming(callback, callback.id, body, correlation or callback.correlation_id)
+        for callback, body in decoded
+    ]
 
 
 @dataclass(slots=True)
 class _Batch:
     messages: list[DeliveredMessage] = field(default_factory=list)
     items: list[Incoming] = field(default_factory=list)
+    # Per message, how many of ``items`` it carried (the ingress packs several per message).
+    spans: list[int] = field(default_factory=list)
     ordered: bool = True  # one channel, increasing tags: a multiple ack is exact
 
 
@@ -165,13 +172,13 @@ class LedgerWorker:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                while self._inbox and len(batch.messages) < self.batch_size:
+                while self._inbox and len(batch.items) < self.batch_size:
                     if not batch.messages:
                         first = time.monotonic()
                     await self._add(batch, self._inbox.popleft())
                 timeout: float | None = None
                 if batch.messages:
-                    full = len(batch.messages) >= self.batch_size
+                    full = len(batch.items) >= self.batch_size
                     due = first + self.batch_wait - time.monotonic()
                     if self._in_flight < _PIPELINE_DEPTH and (full or due <= 0):
                         self._dispatch(batch, stop)
@@ -179,7 +186,7 @@ class LedgerWorker:
                         continue
                     if self._in_flight < _PIPELINE_DEPTH:
                         timeout = due
-                if self._inbox and len(batch.messages) < self.batch_size:
+                if self._inbox and len(batch.items) < self.batch_size:
                     continue  # more arrived while _add awaited a reject
                 try:
                     async with asyncio.timeout(timeout):
@@ -215,7 +222,7 @@ class LedgerWorker:
             self._channel = message.channel
         self._last_tag = tag
         try:
-            item = decode_message(message)
+            items = decode_message(message)
         except DecodeError as exc:
             log.error(
                 "ledger.poison_message",
@@ -227,7 +234,8 @@ class LedgerWorker:
                 await message.channel.basic_reject(tag, requeue=False)
             return
         batch.messages.append(message)
-        batch.items.append(item)
+        batch.items.extend(items)
+        batch.spans.append(len(items))
 
     async def _process(
         self,
@@ -275,11 +283,21 @@ class LedgerWorker:
 
     async def _settle(self, batch: _Batch, failures: Sequence[str | None]) -> None:
         ok: list[DeliveredMessage] = []
-        for message, item, why in zip(batch.messages, batch.items, failures, strict=True):
-            if why is None:
+        start = 0
+        for message, span in zip(batch.messages, batch.spans, strict=True):
+            end = start + span
+            failed = [
+                (item, why)
+                for item, why in zip(batch.items[start:end], failures[start:end], strict=True)
+                if why is not None
+            ]
+            start = end
+            if not failed:
                 ok.append(message)
             else:
-                await self._fail(message, item, why)
+                # Its other callbacks are committed (each alone, by the fallback): a redelivery
+                # or a replay of the whole message finds them as duplicates.
+                await self._fail(message, *failed[0])
         if not ok:
             return
         try:
