@@ -85,6 +85,9 @@ class Settings:
     amqp_namespace: str = "payhook"
     max_body_bytes: int = 64 * 1024
     publish_timeout_s: float = 10.0
+    publish_max_batch: int = 128  # callbacks per confirmed message at most
+    # SO_REUSEPORT: several ``payhook ingress`` processes share the port (one per core).
+    listen_reuse_port: bool = False
     ledger_prefetch: int = 1000
     ledger_batch_size: int = 500
     ledger_batch_wait_ms: float = 5.0
@@ -104,11 +107,20 @@ class Settings:
             default = getattr(defaults, name)
             raw = env[key]
             try:
-                values[name] = type(default)(raw)
+                values[name] = _parse_bool(raw) if isinstance(default, bool) else type(default)(raw)
             except ValueError:
                 kind = type(default).__name__
                 raise ConfigError(f"{key}={raw!r} is not a valid {kind}") from None
         return cls(**values)
+
+
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ def create_app(
         settings.amqp_url,
         Topology(settings.amqp_namespace),
         timeout_s=settings.publish_timeout_s,
+        max_batch=settings.publish_max_batch,
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[STATE] = IngressState(config=config, providers=modules, publisher=publisher)
@@ -61,7 +62,13 @@ async def run_ingress(settings: Settings, config: Config, stop: asyncio.Event) -
         app, access_log=None, shutdown_timeout=settings.shutdown_grace_s, handle_signals=False
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=1024)
+    site = web.TCPSite(
+        runner,
+        settings.listen_host,
+        settings.listen_port,
+        backlog=1024,
+        reuse_port=settings.listen_reuse_port or None,
+    )
     await site.start()
     log.info("ingress.listening", host=settings.listen_host, port=settings.listen_port)
     try:

@@ -31,8 +31,6 @@ from contracts.topology import HEADER_CORRELATION_ID, Topology
 
 __all__ = ["CallbackPublisher", "PublishFailed"]
 
-_BATCH_NAMESPACE = uuid.UUID("0b7c6a52-3f0e-4d43-9a55-4c0a7b1f6f21")
-
 
 class PublishFailed(Exception):
     """The broker did not confirm: the provider must not get its acknowledgement."""
@@ -129,8 +127,9 @@ class CallbackPublisher:
                 body=encode_callbacks(callbacks),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 content_type="application/json",
-                # Deterministic, so a republished batch is recognisable in broker tooling.
-                message_id=str(uuid.uuid5(_BATCH_NAMESPACE, ",".join(c.id for c in callbacks))),
+                # Each callback inside carries its own deterministic id; this only names the
+                # message for broker tooling.
+                message_id=uuid.uuid4().hex,
                 type=CALLBACK_BATCH_TYPE,
             )
         try:

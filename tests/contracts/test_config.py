@@ -85,3 +85,13 @@ def test_settings_from_env() -> None:
     assert settings.log_format == "console"
     with pytest.raises(ConfigError, match="PAYHOOK_LISTEN_PORT"):
         Settings.from_env({"PAYHOOK_LISTEN_PORT": "eighty"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("yes", True), ("0", False), ("off", False)]
+)
+def test_boolean_settings_read_words_not_truthiness(raw: str, expected: bool) -> None:
+    # bool("0") is True: a naive cast would turn "off" on.
+    assert Settings.from_env({"PAYHOOK_LISTEN_REUSE_PORT": raw}).listen_reuse_port is expected
+    with pytest.raises(ConfigError, match="PAYHOOK_LISTEN_REUSE_PORT"):
+        Settings.from_env({"PAYHOOK_LISTEN_REUSE_PORT": "maybe"})

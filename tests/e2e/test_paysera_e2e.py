@@ -349,3 +349,23 @@ async def test_a_refused_batch_fails_every_request_in_it(
         assert await send_all() == [200] * len(queries)
     _, ids = await _queued_callbacks(amqp_url, namespace)
     assert sorted(ids) == sorted(f"refused-{n}" for n in range(20))
+
+
+async def test_ingress_processes_can_share_one_port(
+    database_url: str, amqp_url: str, namespace: str, tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """``PAYHOOK_LISTEN_REUSE_PORT``: one ingress per core behind the same port."""
+    config = make_config(tmp_path, rsa_key, "http://127.0.0.1:9/hooks")
+    settings = system_settings(database_url, amqp_url, namespace, listen_reuse_port=True)
+    async with (
+        running_system(settings, config, roles=("ingress",)) as base,
+        running_system(settings, config, roles=("ingress",)) as same_base,
+        aiohttp.ClientSession() as http,
+    ):
+        assert same_base == base
+        for n in range(4):
+            query = paysera_query(rsa_key, requestid=f"shared-{n}")
+            async with http.post(f"{base}/callbacks/paysera/main", data=query) as resp:
+                assert (resp.status, await resp.text()) == (200, "OK")
+    _, ids = await _queued_callbacks(amqp_url, namespace)
+    assert sorted(ids) == [f"shared-{n}" for n in range(4)]
