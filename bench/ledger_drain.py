@@ -32,7 +32,13 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
-from contracts.callbacks import CallbackReceived, RawRequest, encode_callback
+from contracts.callbacks import (
+    CALLBACK_BATCH_TYPE,
+    CallbackReceived,
+    RawRequest,
+    encode_callback,
+    encode_callbacks,
+)
 from contracts.statuses import Kind, Status, VerifiedBy
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from workers import amqp
@@ -159,7 +165,9 @@ def workload(
     return [cb for _, cb in timed], len(unique)
 
 
-async def preload(amqp_url: str, topology: Topology, messages: list[CallbackReceived]) -> float:
+async def preload(
+    amqp_url: str, topology: Topology, messages: list[CallbackReceived], per_message: int
+) -> float:
     connection = await amqp.connect(amqp_url, name="payhook-bench-preload")
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -168,20 +176,31 @@ async def preload(amqp_url: str, topology: Topology, messages: list[CallbackRece
         in_flight = asyncio.Semaphore(512)
         started = time.perf_counter()
 
-        async def publish(n: int, cb: CallbackReceived) -> None:
+        async def publish(n: int, group: list[CallbackReceived]) -> None:
+            first = group[0]
+            if len(group) == 1:
+                message = aio_pika.Message(
+                    encode_callback(first),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                    message_id=first.id,
+                    headers={HEADER_CORRELATION_ID: f"bench-{n}"},
+                )
+            else:  # as the ingress packs callbacks that arrive together
+                message = aio_pika.Message(
+                    encode_callbacks(group),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                    type=CALLBACK_BATCH_TYPE,
+                )
             async with in_flight:
                 await exchange.publish(
-                    aio_pika.Message(
-                        encode_callback(cb),
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        content_type="application/json",
-                        message_id=cb.id,
-                        headers={HEADER_CORRELATION_ID: f"bench-{n}"},
-                    ),
-                    routing_key=topology.callback_routing_key(cb.provider, cb.account),
+                    message,
+                    routing_key=topology.callback_routing_key(first.provider, first.account),
                 )
 
-        await asyncio.gather(*(publish(n, cb) for n, cb in enumerate(messages)))
+        groups = [messages[i : i + per_message] for i in range(0, len(messages), per_message)]
+        await asyncio.gather(*(publish(n, group) for n, group in enumerate(groups)))
         return time.perf_counter() - started
     finally:
         await connection.close()
@@ -211,7 +230,13 @@ async def cleanup_broker(amqp_url: str, topology: Topology) -> None:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=20000, help="messages to pre-load")
+    parser.add_argument("--count", type=int, default=20000, help="callbacks to pre-load")
+    parser.add_argument(
+        "--per-message",
+        type=int,
+        default=1,
+        help="callbacks per AMQP message (the ingress packs those that arrive together)",
+    )
     parser.add_argument("--batch-size", type=int, help="PAYHOOK_LEDGER_BATCH_SIZE")
     parser.add_argument("--prefetch", type=int, help="PAYHOOK_LEDGER_PREFETCH")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -240,11 +265,15 @@ async def main() -> int:
 
     messages, unique = workload(args.count, order=args.order)
     print(
-        f"ledger drain: {len(messages)} messages ({unique} unique callbacks, "
+        f"ledger drain: {len(messages)} callbacks ({unique} unique, "
         f"{len(messages) - unique} duplicates, {args.order} order), {args.workers} worker(s)"
     )
-    elapsed = await preload(amqp_url, topology, messages)
-    print(f"  preload: {len(messages)} published (confirmed) in {elapsed:.1f} s")
+    per_message = max(1, args.per_message)
+    elapsed = await preload(amqp_url, topology, messages, per_message)
+    print(
+        f"  preload: {len(messages)} published (confirmed, {per_message} per message) "
+        f"in {elapsed:.1f} s"
+    )
 
     conn = await asyncpg.connect(database_url)
     processes: list[subprocess.Popen[bytes]] = []
