@@ -47,7 +47,7 @@ def _area_registrars() -> list[Callable[[Any], None]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payhook", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="TOML file with accounts and merchants")
+    parser.add_argument("--config", help=_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run every role in one process")
@@ -68,7 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _area_registrars():
         register(sub)
+    _accept_config_anywhere(parser)
     return parser
+
+
+_CONFIG_HELP = "TOML file with accounts and merchants"
+
+
+def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``payhook --config F run`` and ``payhook run --config F`` both work.
+
+    argparse binds an option to the parser it was declared on, and people (and the README)
+    write it after the command. SUPPRESS as the default keeps a subcommand from overwriting a
+    value given before it.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                child.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+                _accept_config_anywhere(child)
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings, _: Callable[[], Config]) -> int:
