@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -85,7 +86,9 @@ async def _simulate(
         amount=args.amount,
         currency=args.currency,
         status=args.status,
-        transaction_id=args.transaction_id,
+        # Chosen here rather than by the provider module so that it can be printed: it is what
+        # `payhook payments show` takes, and encrypted or signed payloads hide it.
+        transaction_id=args.transaction_id or str(secrets.randbelow(9 * 10**9) + 10**9),
         test=args.test,
         kind=args.kind,
         extra=extra,
@@ -93,6 +96,10 @@ async def _simulate(
     if args.time_scale < 0:
         print("payhook simulate: --time-scale must be >= 0", file=sys.stderr)
         return 2
+    print(
+        f"# {args.provider} {args.account}: transaction {payment.transaction_id}, order "
+        f"{payment.order_id}, {payment.amount} {payment.currency}, {payment.status}"
+    )
     try:
         return await simulate_and_send(
             account,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -91,8 +92,14 @@ async def test_scripts_run_serves_the_sample_config_and_stops_on_sigterm(
         assert simulate.returncode == 0, said.decode()
         assert b"\n< 200" in said, said.decode()
         assert b"\n# acknowledged\n" in said, said.decode()
+        # The README's next step: look the payment up by the transaction id the simulator printed.
+        found = re.search(rb"^# paysera main: transaction (\d+), order ORD-RUN-1", said, re.M)
+        assert found is not None, said.decode()
+        transaction_id = found.group(1).decode()
         for _ in range(200):
-            state = await db.fetchval("SELECT state FROM payments WHERE order_id = 'ORD-RUN-1'")
+            state = await db.fetchval(
+                "SELECT state FROM payments WHERE transaction_id = $1", transaction_id
+            )
             if state == "succeeded":
                 break
             await asyncio.sleep(0.1)
