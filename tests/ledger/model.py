@@ -8,7 +8,7 @@ worker and compare the results.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from contracts.callbacks import CallbackReceived
@@ -73,12 +73,19 @@ class Model:
         self.require = require or {}
         self.payments: dict[tuple[str, str, str], ModelPayment] = {}
         self.expectations: dict[tuple[str, str, str], tuple[int, str, bool]] = {}
+        # Callbacks held back by their order's expectation (or its absence), per order.
+        self.held: dict[tuple[str, str, str], list[CallbackReceived]] = defaultdict(list)
         self.seen: set[str] = set()
 
     def expect(
         self, provider: str, account: str, order_id: str, amount: int, currency: str, test: bool
     ) -> None:
-        self.expectations[(provider, account, order_id)] = (amount, currency, test)
+        """A registration: the order's held callbacks are decided again under the new terms,
+        each once per set of terms."""
+        key = (provider, account, order_id)
+        self.expectations[key] = (amount, currency, test)
+        for cb in list(self.held[key]):
+            self.apply(replace(cb, variant=f"{cb.variant}~{amount}|{currency}|{test}"), cb)
 
     def _needs_expectation(self, cb: CallbackReceived) -> bool:
         key = (cb.provider, cb.account)
@@ -86,7 +93,7 @@ class Model:
             return self.require[key]
         return cb.verified_by.value == "source_address" and not self.trust_source_address
 
-    def apply(self, cb: CallbackReceived) -> None:
+    def apply(self, cb: CallbackReceived, original: CallbackReceived | None = None) -> None:
         if cb.id in self.seen:
             return
         self.seen.add(cb.id)
@@ -129,15 +136,17 @@ class Model:
         expected = self.expectations.get((cb.provider, cb.account, order)) if order else None
         if expected is not None:
             amount, exp_currency, exp_test = expected
-            if cb.currency is not None and cb.currency != exp_currency:
-                return
-            if cb.amount is not None and cb.amount != amount:
-                return
-            if cb.test != exp_test:
-                return
-            if status == "succeeded" and settled is not None and settled != amount:
+            if (
+                (cb.currency is not None and cb.currency != exp_currency)
+                or (cb.amount is not None and cb.amount != amount)
+                or cb.test != exp_test
+                or (status == "succeeded" and settled is not None and settled != amount)
+            ):
+                self._hold(order, original or cb)
                 return
         elif self._needs_expectation(cb) and status in MONEY_STATES:
+            if order:
+                self._hold(order, original or cb)
             return
         if cb.currency is not None and cb.currency != currency:
             return
@@ -171,6 +180,11 @@ class Model:
         p.order_id = p.order_id or cb.order_id
         if forward:
             p.state = status
+
+    def _hold(self, order: str, cb: CallbackReceived) -> None:
+        held = self.held[(cb.provider, cb.account, order)]
+        if cb not in held:
+            held.append(cb)
 
     # ------------------------------------------------------------------ what to compare
 

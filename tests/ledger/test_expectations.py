@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from workers.ledger.expectations import (
     parse_expectation,
     register_expectation,
 )
+from workers.ledger.orders import register_order, released_variant
 
 from .factory import ADMIN_TOKEN, callback, config_dict, make_config
 
@@ -109,6 +111,65 @@ async def test_paysepro_needs_an_expectation_by_default(
             conn, policy, callback(S.SUCCEEDED, "B", provider="paysepro", order_id="ORD-2")
         )
         assert (await _outcome(conn))[:3] == ("applied", None, 2)
+
+
+async def _money(conn: Any) -> tuple[str, int, int]:
+    state = await conn.fetchval("SELECT state FROM payments")
+    entries = await conn.fetchval("SELECT count(*) FROM journal_entries")
+    postings = await conn.fetchval("SELECT count(*) FROM postings")
+    return state, entries, postings
+
+
+async def test_a_late_expectation_releases_the_held_payment_once(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """Paysepro acked the callback and will not send it again: registering the order after
+    it arrived must credit the payment, once, however often the registration is repeated."""
+    held = callback(S.SUCCEEDED, "A", provider="paysepro")
+    async with pool.acquire() as conn:
+        await _apply(conn, policy, callback(S.PENDING, "A", provider="paysepro"), held)
+        assert await _money(conn) == ("pending", 0, 0)
+    exp = Expectation("shop", "paysepro", "main", "ORD-1", 1250, "EUR", False)
+    result, released = await register_order(pool, exp, policy)
+    assert (result, released.recorded, dict(released.outcomes)) == ("created", 1, {"applied": 1})
+    for _ in range(2):  # repeated (or redelivered) registrations decide nothing again
+        result, released = await register_order(pool, exp, policy)
+        assert (result, released.recorded) == ("unchanged", 0)
+    async with pool.acquire() as conn:
+        await _apply(conn, policy, held)  # the provider's copy, redelivered: a duplicate
+        assert await _money(conn) == ("succeeded", 1, 2)
+        history = await conn.fetch("SELECT outcome, variant FROM callbacks ORDER BY seq")
+        assert [h["outcome"] for h in history] == ["applied", "no_expectation", "applied"]
+        assert history[2]["variant"] == released_variant(held, exp)
+        succeeded = await conn.fetch(
+            "SELECT body FROM events WHERE type = 'payhook.payment.succeeded'"
+        )
+        assert len(succeeded) == 1
+        assert succeeded[0]["body"]["subject"] == "A"
+        assert (await check_ledger(conn)).ok
+
+
+async def test_a_corrected_expectation_releases_a_mismatch_and_then_locks(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    async with pool.acquire() as conn:
+        await register_expectation(conn, replace(EXP, amount=1300))
+        await _apply(conn, policy, callback(S.SUCCEEDED))
+        assert await _money(conn) == ("new", 0, 0)
+    # Corrected to other wrong terms: decided again, still held, no money.
+    result, released = await register_order(pool, replace(EXP, amount=1400), policy)
+    assert (result, dict(released.outcomes)) == ("updated", {"amount_mismatch": 1})
+    # Corrected to the right terms: the payment is credited once.
+    result, released = await register_order(pool, EXP, policy)
+    assert (result, dict(released.outcomes)) == ("updated", {"applied": 1})
+    # Money moved under these terms: they can no longer change.
+    result, released = await register_order(pool, replace(EXP, amount=1300), policy)
+    assert (result, released.recorded) == ("conflict", 0)
+    async with pool.acquire() as conn:
+        assert await _money(conn) == ("succeeded", 1, 2)
+        outcomes = await conn.fetch("SELECT outcome FROM callbacks ORDER BY seq")
+        assert [o["outcome"] for o in outcomes] == ["amount_mismatch", "amount_mismatch", "applied"]
+        assert (await check_ledger(conn)).ok
 
 
 async def test_trust_and_require_options(pool: asyncpg.Pool[Any]) -> None:

@@ -38,7 +38,8 @@ from contracts.topology import Topology
 from workers import amqp
 from workers.ledger.apply import Incoming, Policy, apply_batch
 from workers.ledger.check import check_ledger
-from workers.ledger.expectations import Expectation, register_expectation
+from workers.ledger.expectations import Expectation
+from workers.ledger.orders import register_order
 
 from .factory import ACCOUNT, MERCHANT, PROVIDERS, callback, make_config
 from .harness import (
@@ -78,9 +79,12 @@ def new_model() -> Model:
     return Model({(p, ACCOUNT): MERCHANT for p in PROVIDERS})
 
 
-async def register(conn: Any, model: Model, exp: Expectation) -> None:
-    await register_expectation(conn, exp)
-    model.expect(exp.provider, exp.account, exp.order_id, exp.amount, exp.currency, exp.test)
+async def register(pool: asyncpg.Pool[Any], policy: Policy, model: Model, exp: Expectation) -> str:
+    """Register (and release what the order held) in the ledger and in the model alike."""
+    result, _ = await register_order(pool, exp, policy)
+    if result != "conflict":
+        model.expect(exp.provider, exp.account, exp.order_id, exp.amount, exp.currency, exp.test)
+    return result
 
 
 async def compare(pool: asyncpg.Pool[Any], model: Model) -> None:
@@ -175,13 +179,8 @@ class DirectMachine(RuleBasedStateMachine):
             before = await conn.fetchval(
                 "SELECT amount FROM order_expectations WHERE order_id = $1", exp.order_id
             )
-            result = await register_expectation(conn, exp)
-        if result in ("created", "updated"):
-            self.model.expect(
-                exp.provider, exp.account, exp.order_id, exp.amount, exp.currency, exp.test
-            )
-        else:
-            assert result == "unchanged" or before is not None
+        result = await register(self.res.pool, self.res.policy, self.model, exp)
+        assert result != "conflict" or before is not None
 
     @precondition(lambda self: self.pending)
     @rule(seed=st.integers(0, 2**16))
@@ -333,9 +332,8 @@ class ConsumersMachine(RuleBasedStateMachine):
             await truncate_ledger(conn)
 
     async def _expect(self, expectations: list[Expectation]) -> None:
-        async with self.res.pool.acquire() as conn:
-            for exp in expectations:
-                await register(conn, self.model, exp)
+        for exp in expectations:
+            await register(self.res.pool, self.res.policy, self.model, exp)
 
     @rule(data=st.data())
     def send(self, data: st.DataObject) -> None:

@@ -24,7 +24,9 @@ from aiohttp import web
 
 from contracts.config import Config, Settings
 from workers import db
-from workers.ledger.expectations import InvalidExpectation, parse_expectation, register_expectation
+from workers.ledger.apply import Policy
+from workers.ledger.expectations import InvalidExpectation, parse_expectation
+from workers.ledger.orders import register_order
 from workers.ledger.queries import payment_details
 
 __all__ = ["CONFIG", "POOL", "build_admin_app", "run_admin"]
@@ -73,8 +75,8 @@ async def _orders(request: web.Request) -> web.Response:
         expectation = parse_expectation(data, request.app[CONFIG])
     except (orjson.JSONDecodeError, InvalidExpectation) as exc:
         return _json({"error": str(exc)}, status=400)
-    async with request.app[POOL].acquire() as conn:
-        result = await register_expectation(conn, expectation)
+    policy = Policy.from_config(request.app[CONFIG])
+    result, released = await register_order(request.app[POOL], expectation, policy)
     log.info(
         "ledger.order_registered",
         provider=expectation.provider,
@@ -83,7 +85,8 @@ async def _orders(request: web.Request) -> web.Response:
         result=result,
         via="admin",
     )
-    return _json({"result": result, "expectation": expectation.to_json()}, status=_STATUS[result])
+    body = {"result": result, "expectation": expectation.to_json(), "released": released.recorded}
+    return _json(body, status=_STATUS[result])
 
 
 async def _payment(request: web.Request) -> web.Response:

@@ -44,7 +44,7 @@ from contracts.errors import DecodeError
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from workers import amqp, db
 from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each, is_connection_error
-from workers.ledger.expectations import consume_orders
+from workers.ledger.orders import consume_orders
 
 __all__ = [
     "HEADER_ERROR",

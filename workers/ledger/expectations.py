@@ -15,30 +15,23 @@ moved for that order.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import asyncpg
-import orjson
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from contracts.callbacks import CallbackReceived
 from contracts.config import Config
 from contracts.errors import ContractError
 from contracts.money import exponent_of, major_to_minor
 from contracts.statuses import Status
-from contracts.topology import Topology
 from workers.ledger.conn import Conn
 
 __all__ = [
     "Expectation",
     "InvalidExpectation",
     "Registration",
-    "consume_orders",
     "mismatch",
     "parse_expectation",
     "register_expectation",
@@ -182,49 +175,3 @@ async def register_expectation(conn: Conn, exp: Expectation) -> Registration:
             await conn.execute(_UPDATE, *args, exp.test)
             return "updated"
     raise RuntimeError("expectation registration kept racing")  # pragma: no cover
-
-
-async def consume_orders(
-    channel: AbstractChannel,
-    topology: Topology,
-    pool: asyncpg.Pool[Any],
-    config: Config,
-    stop: asyncio.Event,
-) -> None:
-    """Register expectations from ``<ns>.orders`` until ``stop``; ack after the commit.
-
-    An invalid document is rejected (the orders queue has no dead-letter exchange, so it is
-    dropped) with a log line; a database error requeues the message.
-    """
-    queue = await channel.get_queue(topology.orders_queue, ensure=False)
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        try:
-            exp = parse_expectation(orjson.loads(message.body), config)
-        except (orjson.JSONDecodeError, InvalidExpectation) as exc:
-            log.warning("ledger.order_rejected", reason=str(exc), message_id=message.message_id)
-            await message.reject(requeue=False)
-            return
-        try:
-            async with pool.acquire() as conn:
-                result = await register_expectation(conn, exp)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            log.warning("ledger.order_retry", error=repr(exc), order_id=exp.order_id)
-            await asyncio.sleep(1.0)
-            await message.nack(requeue=True)
-            return
-        (log.warning if result == "conflict" else log.info)(
-            "ledger.order_registered",
-            provider=exp.provider,
-            account=exp.account,
-            order_id=exp.order_id,
-            result=result,
-        )
-        await message.ack()
-
-    tag = await queue.consume(on_message, no_ack=False)
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await queue.cancel(tag)
