@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ from workers.ledger.consumer import HEADER_ERROR, run_ledger_worker
 from .factory import callback
 from .harness import (
     TcpProxy,
+    Workers,
     eventually,
     ledger_states,
     publish_batch,
@@ -85,53 +87,73 @@ CREATE TRIGGER ledger_test_boom BEFORE INSERT ON callbacks
 _FIX = "DROP TRIGGER ledger_test_boom ON callbacks; DROP FUNCTION ledger_test_boom();"
 
 
+@contextlib.asynccontextmanager
+async def _ledger_bug(pool: asyncpg.Pool[Any]) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A deployed bug: recording a callback with provider status ``boom`` fails. Yields the
+    fix (deploying it twice is harmless); it is deployed at the end in any case."""
+    async with pool.acquire() as conn:
+        await conn.execute(_BOOM)
+    fixed = False
+
+    async def fix() -> None:
+        nonlocal fixed
+        if not fixed:
+            async with pool.acquire() as conn:
+                await conn.execute(_FIX)
+            fixed = True
+
+    try:
+        yield fix
+    finally:
+        await fix()
+
+
+async def _workers_and_channel(
+    stack: contextlib.AsyncExitStack,
+    count: int,
+    pool: asyncpg.Pool[Any],
+    settings: Settings,
+    config: Config,
+    topology: Topology,
+) -> tuple[Workers, Any]:
+    """``count`` ledger workers, and a confirm channel to publish and inspect queues with."""
+    workers = await start_workers(
+        stack, count=count, settings=settings, config=config, pool=pool, topology=topology
+    )
+    connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
+    stack.push_async_callback(connection.close)
+    return workers, await connection.channel(publisher_confirms=True)
+
+
 async def test_failing_message_is_dead_lettered_with_its_reason_and_replayed(
     pool: asyncpg.Pool[Any], settings: Settings, ledger_config: Config, namespace: str
 ) -> None:
     topology = Topology(namespace)
     bad = callback(S.SUCCEEDED, "T-bad", provider_status="boom")
     good = callback(S.SUCCEEDED, "T-good")
-    async with pool.acquire() as conn:
-        await conn.execute(_BOOM)
-    fixed = False
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            workers = await start_workers(
-                stack,
-                count=2,
-                settings=settings,
-                config=ledger_config,
-                pool=pool,
-                topology=topology,
-            )
-            connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
-            stack.push_async_callback(connection.close)
-            channel = await connection.channel(publisher_confirms=True)
-            await publish_callbacks(channel, topology, [bad, good])
-            await workers.wait_handled(1)
-            # Every delivery fails alone; the last allowed one is dead-lettered by the worker.
-            (dead,) = await _dead_letters(channel, topology, 1)
-            assert dead.body == orjson.dumps(bad.to_json())
-            assert "simulated ledger bug" in dead.headers[HEADER_ERROR]
-            assert dead.headers["x-correlation-id"]
-            await dead.nack(requeue=True)  # leave it for the operator
+    async with _ledger_bug(pool) as fix, contextlib.AsyncExitStack() as stack:
+        workers, channel = await _workers_and_channel(
+            stack, 2, pool, settings, ledger_config, topology
+        )
+        await publish_callbacks(channel, topology, [bad, good])
+        await workers.wait_handled(1)
+        # Every delivery fails alone; the last allowed one is dead-lettered by the worker.
+        (dead,) = await _dead_letters(channel, topology, 1)
+        assert dead.body == orjson.dumps(bad.to_json())
+        assert "simulated ledger bug" in dead.headers[HEADER_ERROR]
+        assert dead.headers["x-correlation-id"]
+        await dead.nack(requeue=True)  # leave it for the operator
 
-            async with pool.acquire() as conn:
-                await conn.execute(_FIX)  # the fix is deployed
-            fixed = True
-            assert await replay_dead(settings) == 1
-            await workers.wait_handled(2)
-            async with pool.acquire() as conn:
-                states = await ledger_states(conn)
-                assert states[("paysera", "main", "T-bad")]["state"] == "succeeded"
-                history = await conn.fetchval("SELECT count(*) FROM callbacks")
-                assert history == 2
-            queue = await channel.declare_queue(topology.ledger_dead_queue, passive=True)
-            assert queue.declaration_result.message_count == 0
-    finally:
-        if not fixed:
-            async with pool.acquire() as conn:
-                await conn.execute(_FIX)
+        await fix()  # the fix is deployed
+        assert await replay_dead(settings) == 1
+        await workers.wait_handled(2)
+        async with pool.acquire() as conn:
+            states = await ledger_states(conn)
+            assert states[("paysera", "main", "T-bad")]["state"] == "succeeded"
+            history = await conn.fetchval("SELECT count(*) FROM callbacks")
+            assert history == 2
+        queue = await channel.declare_queue(topology.ledger_dead_queue, passive=True)
+        assert queue.declaration_result.message_count == 0
     assert HEADER_REPLAYED == "x-payhook-replayed"
 
 
@@ -146,51 +168,31 @@ async def test_batch_message_with_a_failing_callback_applies_the_rest_once(
         callback(S.SUCCEEDED, "T-bad", provider_status="boom"),
         callback(S.SUCCEEDED, "T-b2"),
     ]
-    async with pool.acquire() as conn:
-        await conn.execute(_BOOM)
-    fixed = False
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            workers = await start_workers(
-                stack,
-                count=1,
-                settings=settings,
-                config=ledger_config,
-                pool=pool,
-                topology=topology,
-            )
-            connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
-            stack.push_async_callback(connection.close)
-            channel = await connection.channel(publisher_confirms=True)
-            await publish_batch(channel, topology, members)
-            # Delivered delivery-limit times: the siblings apply on the first, then dedupe.
-            (dead,) = await _dead_letters(channel, topology, 1)
-            assert [d["transaction_id"] for d in orjson.loads(dead.body)] == [
-                "T-b1",
-                "T-bad",
-                "T-b2",
-            ]
-            assert "simulated ledger bug" in dead.headers[HEADER_ERROR]
-            await dead.nack(requeue=True)
-            async with pool.acquire() as conn:
-                states = await ledger_states(conn)
-                assert states[("paysera", "main", "T-b1")]["state"] == "succeeded"
-                assert states[("paysera", "main", "T-b2")]["state"] == "succeeded"
-                assert ("paysera", "main", "T-bad") not in states
-                await conn.execute(_FIX)
-            fixed = True
-            before = workers.handled()
-            assert await replay_dead(settings) == 1
-            await workers.wait_handled(before + 3)
-            async with pool.acquire() as conn:
-                states = await ledger_states(conn)
-                assert states[("paysera", "main", "T-bad")]["state"] == "succeeded"
-                assert await conn.fetchval("SELECT count(*) FROM callbacks") == 3
-                assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 3
-    finally:
-        if not fixed:
-            async with pool.acquire() as conn:
-                await conn.execute(_FIX)
+    async with _ledger_bug(pool) as fix, contextlib.AsyncExitStack() as stack:
+        workers, channel = await _workers_and_channel(
+            stack, 1, pool, settings, ledger_config, topology
+        )
+        await publish_batch(channel, topology, members)
+        # Delivered delivery-limit times: the siblings apply on the first, then dedupe.
+        (dead,) = await _dead_letters(channel, topology, 1)
+        assert [d["transaction_id"] for d in orjson.loads(dead.body)] == ["T-b1", "T-bad", "T-b2"]
+        assert "simulated ledger bug" in dead.headers[HEADER_ERROR]
+        await dead.nack(requeue=True)
+        async with pool.acquire() as conn:
+            states = await ledger_states(conn)
+            assert states[("paysera", "main", "T-b1")]["state"] == "succeeded"
+            assert states[("paysera", "main", "T-b2")]["state"] == "succeeded"
+            assert ("paysera", "main", "T-bad") not in states
+
+        await fix()
+        before = workers.handled()
+        assert await replay_dead(settings) == 1
+        await workers.wait_handled(before + 3)
+        async with pool.acquire() as conn:
+            states = await ledger_states(conn)
+            assert states[("paysera", "main", "T-bad")]["state"] == "succeeded"
+            assert await conn.fetchval("SELECT count(*) FROM callbacks") == 3
+            assert await conn.fetchval("SELECT count(*) FROM journal_entries") == 3
 
 
 async def test_run_ledger_worker_with_orders_queue(
