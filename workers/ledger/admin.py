@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 POOL = web.AppKey("ledger_pool", asyncpg.Pool)
 CONFIG = web.AppKey("ledger_config", Config)
+POLICY = web.AppKey("ledger_policy", Policy)
 
 _MAX_BODY = 16 * 1024
 _STATUS = {"created": 201, "unchanged": 200, "updated": 200, "conflict": 409}
@@ -75,8 +76,7 @@ async def _orders(request: web.Request) -> web.Response:
         expectation = parse_expectation(data, request.app[CONFIG])
     except (orjson.JSONDecodeError, InvalidExpectation) as exc:
         return _json({"error": str(exc)}, status=400)
-    policy = Policy.from_config(request.app[CONFIG])
-    result, released = await register_order(request.app[POOL], expectation, policy)
+    result, released = await register_order(request.app[POOL], expectation, request.app[POLICY])
     log.info(
         "ledger.order_registered",
         provider=expectation.provider,
@@ -107,6 +107,8 @@ def build_admin_app(pool: asyncpg.Pool[Any], config: Config) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=_MAX_BODY)
     app[POOL] = pool
     app[CONFIG] = config
+    # Derived once: it is what releasing held callbacks decides them under.
+    app[POLICY] = Policy.from_config(config)
     app.router.add_post("/orders", _orders)
     app.router.add_get("/payments/{provider}/{transaction_id}", _payment)
     app.router.add_get("/healthz", _healthz)
