@@ -172,6 +172,26 @@ async def test_a_corrected_expectation_releases_a_mismatch_and_then_locks(
         assert (await check_ledger(conn)).ok
 
 
+async def test_a_callback_is_released_under_the_order_it_names_not_its_payments(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """The payment was first heard of without an order id; the callback that names the order
+    is held (it disagrees with the registered terms), so the payment's row never learns the
+    order. Correcting the order's terms must still find and release that callback."""
+    async with pool.acquire() as conn:
+        await register_expectation(conn, replace(EXP, amount=1300))
+        await _apply(conn, policy, callback(S.PENDING, order_id=None))
+        await _apply(conn, policy, callback(S.SUCCEEDED))  # names ORD-1, 1250 ≠ 1300: held
+        assert await _money(conn) == ("pending", 0, 0)
+        assert await conn.fetchval("SELECT order_id FROM payments") is None
+    result, released = await register_order(pool, EXP, policy)
+    assert (result, dict(released.outcomes)) == ("updated", {"applied": 1})
+    async with pool.acquire() as conn:
+        assert await _money(conn) == ("succeeded", 1, 2)
+        assert await conn.fetchval("SELECT order_id FROM payments") == "ORD-1"
+        assert (await check_ledger(conn)).ok
+
+
 async def test_trust_and_require_options(pool: asyncpg.Pool[Any]) -> None:
     data = config_dict(trust_source_address_without_expectation=True)
     data["providers"]["paysera"]["main"]["require_expectation"] = True

@@ -44,12 +44,22 @@ log = structlog.get_logger(__name__)
 # Separates a callback's own variant from the terms it was decided again under.
 RELEASE_MARK = "~expectation:"
 
+# A callback was held under the order it names itself, or, naming none, under its payment's
+# (apply.py looks expectations up the same way). Its own order id may be one the payment's row
+# does not carry: a held callback teaches the payment nothing. Both halves are indexed
+# (callbacks_held_order; payments_order with callbacks_payment).
 _HELD = """
-SELECT c.body::text AS body, c.correlation_id
+SELECT c.seq, c.body::text AS body, c.correlation_id
+FROM callbacks c JOIN payments p ON p.id = c.payment_id
+WHERE c.body ->> 'order_id' = $3 AND p.provider = $1 AND p.account = $2
+  AND c.outcome IN ('no_expectation', 'amount_mismatch')
+UNION
+SELECT c.seq, c.body::text AS body, c.correlation_id
 FROM payments p JOIN callbacks c ON c.payment_id = p.id
 WHERE p.provider = $1 AND p.account = $2 AND p.order_id = $3
+  AND c.body ->> 'order_id' IS NULL
   AND c.outcome IN ('no_expectation', 'amount_mismatch')
-ORDER BY c.seq
+ORDER BY seq
 """
 
 
