@@ -93,6 +93,9 @@ class Settings:
     ledger_batch_wait_ms: float = 5.0
     relay_batch_size: int = 500
     webhook_prefetch: int = 64
+    # A delivery for an endpoint with 2 x max_in_flight already waiting or in flight goes
+    # back to the broker for this long instead of holding one of the prefetched messages.
+    webhook_busy_delay_s: float = 5.0
     shutdown_grace_s: float = 10.0
 
     @classmethod

@@ -14,6 +14,7 @@ Each example starts from empty ledger tables; ``ledger check`` must pass at the 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import Any
 
@@ -53,6 +54,10 @@ from .harness import (
 from .model import Model
 
 S = Status
+
+# PAYHOOK_TEST_EXAMPLES_SCALE=20 scripts/test tests/ledger/test_stateful.py runs 20 times as
+# many examples: for a bug hunt after touching the ledger rules (CI keeps the default).
+SCALE = max(1, int(os.environ.get("PAYHOOK_TEST_EXAMPLES_SCALE", "1")))
 
 # ----------------------------------------------------------------------- shared resources
 
@@ -209,6 +214,7 @@ class DirectMachine(RuleBasedStateMachine):
         self.res.thread.run(final_check(self.res.pool))
 
 
+@pytest.mark.timeout(120 * SCALE)
 def test_direct_apply_matches_the_model(database_url: str, db: Any) -> None:
     res = Resources(database_url)
     try:
@@ -216,7 +222,7 @@ def test_direct_apply_matches_the_model(database_url: str, db: Any) -> None:
         run_state_machine_as_test(
             DirectMachine,
             settings=settings(
-                max_examples=40,
+                max_examples=40 * SCALE,
                 stateful_step_count=25,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -382,7 +388,7 @@ async def _start(res: Resources, settings_: Settings, topology: Topology) -> Non
     )
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300 * SCALE)
 def test_concurrent_consumers_match_the_model(
     database_url: str, db: Any, settings: Settings, namespace: str
 ) -> None:
@@ -406,7 +412,7 @@ def test_concurrent_consumers_match_the_model(
 
 def settings_for_consumers() -> Any:
     return settings(
-        max_examples=20,
+        max_examples=20 * SCALE,
         stateful_step_count=8,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

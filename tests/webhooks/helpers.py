@@ -155,6 +155,9 @@ def make_config(merchants: Iterable[MerchantSpec], schedule: Iterable[float]) ->
     return parse_config(data, environ=env)
 
 
+BUSY_DELAY_S = 1.0  # the hop a delivery for a saturated endpoint takes (see declare)
+
+
 def make_settings(database_url: str, amqp_url: str, namespace: str) -> Settings:
     return Settings(
         database_url=database_url,
@@ -162,6 +165,7 @@ def make_settings(database_url: str, amqp_url: str, namespace: str) -> Settings:
         amqp_namespace=namespace,
         shutdown_grace_s=3.0,
         publish_timeout_s=10.0,
+        webhook_busy_delay_s=BUSY_DELAY_S,
     )
 
 
@@ -244,6 +248,8 @@ async def declare(amqp_url: str, namespace: str, schedule: Iterable[float], jani
     """Declare the topology up front (so events published before the worker starts queue)."""
     topology = Topology(namespace)
     steps = sorted({d for d in schedule if d > 0})
+    # The worker declares its busy hop itself; registered here so the test's janitor drops it.
+    janitor.register(topology.webhooks_retry_queue(BUSY_DELAY_S))
     for delay in steps:
         janitor.register(topology.webhooks_retry_queue(delay))
     connection = await aio_pika.connect(amqp_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -249,6 +250,69 @@ async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
                 await slow.wait_for(8)
         finally:
             release.set()
+
+
+async def test_a_backlog_for_a_hanging_endpoint_does_not_take_every_prefetched_message(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    """More deliveries for a hanging endpoint than the worker prefetches, then healthy ones.
+
+    Were the slow endpoint's deliveries to wait for its slot while holding their messages,
+    all four prefetched messages would be slow ones and the fast merchant would wait for the
+    slow one to answer. The excess goes back to the broker instead (no attempt recorded).
+    """
+    schedule = [0, 60]
+    release = asyncio.Event()
+
+    async def hang(_: int, __: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(status=200)
+
+    async with (
+        MerchantServer(hang).serving() as slow,
+        MerchantServer().serving() as fast,
+    ):
+        slow_options = {"max_in_flight": 1, "timeout_s": 60}
+        config = make_config(
+            [
+                MerchantSpec("slow", slow.url, (new_secret(),), slow_options),
+                MerchantSpec("fast", fast.url, (new_secret(),)),
+            ],
+            schedule,
+        )
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        settings = replace(make_settings(database_url, amqp_url, namespace), webhook_prefetch=4)
+        slow_events = [make_event("slow") for _ in range(12)]
+        try:
+            async with running_worker(settings, config):
+                await publish_events(amqp_url, namespace, slow_events)
+                await slow.wait_for(1)
+                await publish_events(amqp_url, namespace, [make_event("fast") for _ in range(5)])
+                await fast.wait_for(5, within=10)
+                assert not release.is_set()
+                assert len(slow.requests) == 1  # max_in_flight held while it hangs
+                release.set()
+                await slow.wait_for(12, within=30)
+
+                async def slow_ones_delivered() -> bool:
+                    states = await delivery_states(database_url)
+                    return {s for (_, m), s in states.items() if m == "slow"} == {"delivered"}
+
+                await wait_until(slow_ones_delivered)
+        finally:
+            release.set()
+    # Each slow delivery was attempted once: the hops through the busy queue are not attempts.
+    assert sorted(slow.webhook_ids()) == sorted(str(e["id"]) for e in slow_events)
+    attempts = await fetch(
+        database_url,
+        "SELECT event_id, count(*) AS n FROM webhook_attempts WHERE merchant = 'slow'"
+        " GROUP BY event_id",
+    )
+    assert {r["event_id"]: r["n"] for r in attempts} == {str(e["id"]): 1 for e in slow_events}
 
 
 async def test_rotation_sends_both_signatures_and_each_secret_verifies(

@@ -11,7 +11,9 @@ For each (event, merchant), in order:
 2. attempt already finished (redelivered or duplicated message) → finish what was decided
    then, if it was not carried out, and ack;
 3. endpoint disabled (410 or operator) → delivery parked, copy to the dead queue, ack;
-4. attempt (or skip it while the breaker is open), record it with the decision
+4. endpoint saturated (``Endpoint.saturated``) → hand the message back to the broker through
+   a short delay queue, same step, no attempt recorded, ack;
+5. attempt (or skip it while the breaker is open), record it with the decision
    (``retry.plan_next``), carry the decision out — publish to the delay queue or the dead
    queue, with confirms — mark it carried out, and only then ack.
 A crash anywhere leaves the message unacked; its redelivery resumes at the right step, so
@@ -94,8 +96,10 @@ class WebhookWorker:
         publisher: Publisher,
         endpoints: EndpointRegistry,
         stop: asyncio.Event,
+        busy_delay_s: float = 0.0,
     ) -> None:
         self.config = config
+        self.busy_delay_s = busy_delay_s
         self.schedule = config.webhook_schedule
         self.pool = pool
         self.publisher = publisher
@@ -202,6 +206,14 @@ class WebhookWorker:
             log.warning("webhooks.parked", reason=reason)
             return
 
+        if self.busy_delay_s > 0 and endpoint.saturated() and endpoint.breaker.state != "open":
+            # Not an attempt: the same step comes back after a short hop through a delay
+            # queue, so this message's prefetch slot is free for other merchants meanwhile.
+            # (An open breaker needs no hop: the skip below costs no waiting.)
+            await self.publisher.retry(job, job.attempt, self.busy_delay_s)
+            log.info("webhooks.deferred_busy", delay_s=self.busy_delay_s)
+            return
+
         result = await self._attempt(endpoint, key, job)
         plan = plan_next(job.attempt, result.outcome, self.schedule, result.retry_after)
         finished = store.FinishedAttempt(
@@ -228,16 +240,20 @@ class WebhookWorker:
         # Checked before waiting for a slot, so an open breaker sheds queued work at once...
         if breaker.state == "open":
             return await self._skip(key)
-        async with endpoint.semaphore:
-            # ...and again after, since it may have opened while this one waited.
-            if not breaker.allow():
-                return await self._skip(key)
-            try:
-                await store.start_attempt(self.pool, key)
-                result = await post_event(endpoint, job.event_id, canonical_body(job.event))
-            except BaseException:
-                breaker.release()
-                raise
+        endpoint.pending += 1
+        try:
+            async with endpoint.semaphore:
+                # ...and again after, since it may have opened while this one waited.
+                if not breaker.allow():
+                    return await self._skip(key)
+                try:
+                    await store.start_attempt(self.pool, key)
+                    result = await post_event(endpoint, job.event_id, canonical_body(job.event))
+                except BaseException:
+                    breaker.release()
+                    raise
+        finally:
+            endpoint.pending -= 1
         if result.outcome is Outcome.DELIVERED:
             breaker.record_success()
         elif result.outcome is Outcome.FAILED:
@@ -312,10 +328,13 @@ async def run_webhook_worker(settings: Settings, config: Config, stop: asyncio.E
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.webhook_prefetch)
-        await amqp.declare_topology(channel, topology, config.webhook_schedule)
+        delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
+        await amqp.declare_topology(channel, topology, delays)
         publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         publisher = Publisher(publish_channel, topology, settings.publish_timeout_s)
-        worker = WebhookWorker(config, pool, publisher, endpoints, stop)
+        worker = WebhookWorker(
+            config, pool, publisher, endpoints, stop, settings.webhook_busy_delay_s
+        )
         queue = await channel.get_queue(topology.webhooks_queue)
         tag = await queue.consume(worker.on_message)
         log.info(

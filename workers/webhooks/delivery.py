@@ -78,6 +78,8 @@ class Endpoint:
     def __init__(self, merchant: Merchant) -> None:
         self.merchant = merchant
         self.semaphore = asyncio.Semaphore(max(1, merchant.max_in_flight))
+        # Deliveries of this process waiting for a slot or holding one; see ``saturated``.
+        self.pending = 0
         self.breaker = CircuitBreaker(merchant.breaker_threshold, merchant.breaker_cooldown_s)
         self.keys: tuple[bytes, ...] = ()
         self.key_error: str | None = None
@@ -88,6 +90,15 @@ class Endpoint:
         except ValueError as exc:
             self.key_error = str(exc)
         self._session: aiohttp.ClientSession | None = None
+
+    def saturated(self) -> bool:
+        """Every slot taken and as many deliveries again queued for one.
+
+        Each queued delivery holds one of the worker's prefetched messages. Past this bound a
+        hanging endpoint would soon hold all of them and starve every other merchant, so the
+        consumer hands further deliveries back to the broker for a moment instead.
+        """
+        return self.pending >= 2 * max(1, self.merchant.max_in_flight)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
