@@ -129,6 +129,9 @@ async def test_a_late_expectation_releases_the_held_payment_once(
     async with pool.acquire() as conn:
         await _apply(conn, policy, callback(S.PENDING, "A", provider="paysepro"), held)
         assert await _money(conn) == ("pending", 0, 0)
+        attention = await conn.fetchval("SELECT attention FROM payments")
+        assert attention == "no_expectation: no order expectation registered"
+        assert (await check_ledger(conn)).counts["attention"] == 1
     exp = Expectation("shop", "paysepro", "main", "ORD-1", 1250, "EUR", False)
     result, released = await register_order(pool, exp, policy)
     assert (result, released.recorded, dict(released.outcomes)) == ("created", 1, {"applied": 1})
@@ -146,7 +149,11 @@ async def test_a_late_expectation_releases_the_held_payment_once(
         )
         assert len(succeeded) == 1
         assert succeeded[0]["body"]["subject"] == "A"
-        assert (await check_ledger(conn)).ok
+        # The hold is resolved: operators are no longer asked to look at this payment.
+        assert await conn.fetchval("SELECT attention FROM payments") is None
+        report = await check_ledger(conn)
+        assert report.ok
+        assert report.counts["attention"] == 0
 
 
 async def test_a_corrected_expectation_releases_a_mismatch_and_then_locks(

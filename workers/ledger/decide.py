@@ -31,7 +31,11 @@ from workers.ledger.expectations import Expectation, mismatch
 from workers.ledger.postings import Leg, Money, accounts_for, legs_for, money_after, paid_of
 from workers.ledger.states import NEW, PAID_STATES, Move, classify
 
-__all__ = ["Outcome", "Payment", "Verdict", "decide", "new_payment"]
+__all__ = ["RELEASE_MARK", "Outcome", "Payment", "Verdict", "decide", "new_payment"]
+
+# Ends a held callback's variant when it is decided again under a registered expectation
+# (workers/ledger/orders.py); the part after it names the terms.
+RELEASE_MARK = "~expectation:"
 
 
 class Outcome(StrEnum):
@@ -107,6 +111,19 @@ def _history(outcome: Outcome, reason: str, payment: Payment) -> Verdict:
     if outcome in _ATTENTION:
         after = replace(payment, attention=f"{outcome.value}: {reason}")
     return Verdict(outcome, reason, payment, after)
+
+
+_HOLDS = (f"{Outcome.AMOUNT_MISMATCH.value}:", f"{Outcome.NO_EXPECTATION.value}:")
+
+
+def _attention_after(attention: str | None, callback: CallbackReceived) -> str | None:
+    """A released callback got past the check that held it: that hold needs nobody now.
+
+    Other flags (conflicts, invalid facts) stay until an operator has seen them.
+    """
+    if attention is not None and attention.startswith(_HOLDS) and RELEASE_MARK in callback.variant:
+        return None
+    return attention
 
 
 def _ledger_view(payment: Payment, **extra: Any) -> dict[str, Any]:
@@ -203,7 +220,7 @@ def decide(
         test=payment.test,
         money=money,
         fee_currency=fee_currency,
-        attention=payment.attention,
+        attention=_attention_after(payment.attention, callback),
     )
     legs: tuple[Leg, ...] = ()
     if money != payment.money:

@@ -29,6 +29,7 @@ from contracts.callbacks import CallbackReceived, decode_callback
 from contracts.config import Config
 from contracts.topology import Topology
 from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_with_retry
+from workers.ledger.decide import RELEASE_MARK
 from workers.ledger.expectations import (
     Expectation,
     InvalidExpectation,
@@ -40,9 +41,6 @@ from workers.ledger.expectations import (
 __all__ = ["RELEASE_MARK", "consume_orders", "register_order", "released_variant"]
 
 log = structlog.get_logger(__name__)
-
-# Separates a callback's own variant from the terms it was decided again under.
-RELEASE_MARK = "~expectation:"
 
 # A callback was held under the order it names itself, or, naming none, under its payment's
 # (apply.py looks expectations up the same way). Its own order id may be one the payment's row
