@@ -199,6 +199,25 @@ async def test_check_reports_postings_that_disagree_with_the_payment(
         assert any("postings" in b for b in report.breaches)
 
 
+async def test_check_reads_in_chunks_and_misses_nothing(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """Chunk size 2 over 5 payments: a missing event and a paid payment's lost row are found
+    wherever they fall, and every row is counted."""
+    facts = [callback(S.SUCCEEDED, f"T{n}") for n in range(5)]
+    async with pool.acquire() as conn:
+        await apply_batch(conn, items(*facts), policy)
+        report = await check_ledger(conn, chunk_size=2)
+        assert report.ok
+        assert (report.counts["payments"], report.counts["callbacks"]) == (5, 5)
+        await conn.execute("DELETE FROM events WHERE subject = 'T3'")
+        await conn.execute("DELETE FROM payments WHERE transaction_id = 'T4'")
+        report = await check_ledger(conn, chunk_size=2)
+    assert (report.counts["payments"], report.counts["callbacks"]) == (4, 5)
+    assert sum("event payhook.payment.succeeded missing" in b for b in report.breaches) == 1
+    assert sum("postings for unknown payment" in b for b in report.breaches) == 1
+
+
 async def test_one_bad_message_does_not_block_the_batch(
     pool: asyncpg.Pool[Any], policy: Policy
 ) -> None:

@@ -13,6 +13,9 @@ Breaches (any one makes the check fail):
 
 Payments flagged for attention (conflicts, mismatches) are counted, not breaches: they are
 the ledger working as designed and waiting for a person.
+
+Everything is read in one read-only snapshot, payments and callbacks through cursors, so the
+check runs against a live ledger in flat memory.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from contracts.events import event_id, event_type
 from contracts.statuses import Kind, Status
@@ -72,24 +77,38 @@ _ORPHAN_CALLBACKS = """
 SELECT c.id, c.payment_id FROM callbacks c LEFT JOIN payments p ON p.id = c.payment_id
 WHERE p.id IS NULL
 """
+# One row per payment with what its postings add up to and its latest callback's state.
+# Read through a cursor: the check's memory stays flat however big the ledger is.
 _PAYMENTS = """
-SELECT id, provider, account, transaction_id, kind, state, merchant, currency, test, paid,
-       refund_sum, full_refund, refunded, fee, fee_currency, attention
-FROM payments
+SELECT p.id, p.provider, p.account, p.transaction_id, p.kind, p.state, p.merchant, p.currency,
+       p.test, p.paid, p.refund_sum, p.full_refund, p.refunded, p.fee, p.fee_currency,
+       p.attention, a.totals, l.state_after
+FROM payments p
+LEFT JOIN (
+    SELECT payment_id, json_agg(json_build_array(account, currency, total)) AS totals
+    FROM (
+        SELECT e.payment_id, po.account, po.currency, sum(po.amount)::int8 AS total
+        FROM postings po JOIN journal_entries e ON e.id = po.entry_id
+        GROUP BY e.payment_id, po.account, po.currency
+    ) per_account
+    GROUP BY payment_id
+) a ON a.payment_id = p.id
+LEFT JOIN (
+    SELECT DISTINCT ON (payment_id) payment_id, state_after FROM callbacks
+    ORDER BY payment_id, seq DESC
+) l ON l.payment_id = p.id
 """
-_ACTUAL = """
-SELECT e.payment_id, p.account, p.currency, sum(p.amount)::int8 AS total
-FROM postings p JOIN journal_entries e ON e.id = p.entry_id
-GROUP BY e.payment_id, p.account, p.currency
-"""
-_LAST_STATE = """
-SELECT DISTINCT ON (payment_id) payment_id, state_after FROM callbacks
-ORDER BY payment_id, seq DESC
+_POSTINGS_WITHOUT_PAYMENT = """
+SELECT DISTINCT e.payment_id FROM journal_entries e
+JOIN postings po ON po.entry_id = e.id
+LEFT JOIN payments p ON p.id = e.payment_id
+WHERE p.id IS NULL
 """
 _CALLBACKS = """
 SELECT c.id, c.outcome, c.status, c.body ->> 'kind' AS kind, (e.id IS NOT NULL) AS posted
 FROM callbacks c LEFT JOIN journal_entries e ON e.id = c.id
 """
+_EVENTS_AMONG = "SELECT id FROM events WHERE id = ANY($1::text[])"
 
 _EVENT_OVERRIDE = {
     "info": Status.INFO,
@@ -113,7 +132,17 @@ def _expected_event(row: Any) -> str | None:
     return None
 
 
-async def check_ledger(conn: Conn) -> CheckReport:
+async def check_ledger(conn: Conn, chunk_size: int = 5000) -> CheckReport:
+    """Check every invariant in one snapshot (REPEATABLE READ, read only).
+
+    One snapshot is what makes the check safe on a live ledger: read statement by statement,
+    a payment updated between reading its postings and reading its row would show as a breach.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _check(conn, chunk_size)
+
+
+async def _check(conn: Conn, chunk_size: int) -> CheckReport:
     report = CheckReport()
     seen: dict[str, int] = {}
 
@@ -141,61 +170,70 @@ async def check_ledger(conn: Conn) -> CheckReport:
             f"(payment {row['callback_payment']}, outcome {row['outcome']})",
         )
 
-    actual: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
-    for row in await conn.fetch(_ACTUAL):
-        actual[str(row["payment_id"])][(row["account"], row["currency"])] = row["total"]
-    last_state = {str(r["payment_id"]): r["state_after"] for r in await conn.fetch(_LAST_STATE)}
-
-    payments = await conn.fetch(_PAYMENTS)
+    payments = 0
     attention = 0
-    for row in payments:
-        pid = str(row["id"])
-        name = f"payment {row['provider']}/{row['account']}/{row['transaction_id']}"
-        kind = Kind(row["kind"])
-        attention += row["attention"] is not None
-        money = Money(row["paid"], row["refund_sum"], row["full_refund"], row["fee"])
-        if row["state"] not in STATES[kind]:
-            report._add(seen, "state", f"{name}: state {row['state']} is not a {kind.value} state")
-        if row["refunded"] != (money.refunded if kind is Kind.PAYMENT else 0):
-            report._add(seen, "refunded", f"{name}: refunded {row['refunded']} != targets")
-        if row["state"] not in PAID_STATES and money != Money():
-            report._add(seen, "branch", f"{name}: money held in state {row['state']}")
-        if pid in last_state and last_state[pid] != row["state"]:
-            report._add(
-                seen,
-                "history",
-                f"{name}: state {row['state']} but its last callback left {last_state[pid]}",
-            )
-        expected: dict[tuple[str, str], int] = defaultdict(int)
-        if money != Money():
-            currency = row["currency"]
-            if currency is None:
-                report._add(seen, "currency", f"{name}: money without a currency")
-                continue
-            accounts = accounts_for(row["provider"], row["account"], row["merchant"], row["test"])
-            fee_currency = row["fee_currency"] or currency
-            for leg in legs_for(kind, Money(), money, accounts, currency, fee_currency):
-                expected[(leg.account, leg.currency)] += leg.amount
-        got = actual.pop(pid, {})
-        want = {key: total for key, total in expected.items() if total != 0}
-        have = {key: total for key, total in got.items() if total != 0}
-        if want != have:
-            report._add(seen, "postings", f"{name}: postings {have} but targets imply {want}")
-    for pid in actual:
-        report._add(seen, "orphan", f"postings for unknown payment {pid}")
+    rows = await conn.cursor(_PAYMENTS)
+    while chunk := await rows.fetch(chunk_size):
+        payments += len(chunk)
+        for row in chunk:
+            attention += row["attention"] is not None
+            _check_payment(report, seen, row)
+    for row in await conn.fetch(_POSTINGS_WITHOUT_PAYMENT):
+        report._add(seen, "orphan", f"postings for unknown payment {row['payment_id']}")
 
-    events = {r["id"] for r in await conn.fetch("SELECT id FROM events")}
-    callbacks = await conn.fetch(_CALLBACKS)
-    for row in callbacks:
-        type_ = _expected_event(row)
-        if type_ is not None and event_id(str(row["id"]), type_) not in events:
-            report._add(seen, "event", f"callback {row['id']}: event {type_} missing")
+    callbacks = 0
+    rows = await conn.cursor(_CALLBACKS)
+    while chunk := await rows.fetch(chunk_size):
+        callbacks += len(chunk)
+        expected = {}
+        for row in chunk:
+            type_ = _expected_event(row)
+            if type_ is not None:
+                expected[event_id(str(row["id"]), type_)] = (row["id"], type_)
+        found = {r["id"] for r in await conn.fetch(_EVENTS_AMONG, list(expected))}
+        for missing in expected.keys() - found:
+            callback_id, type_ = expected[missing]
+            report._add(seen, "event", f"callback {callback_id}: event {type_} missing")
 
     report.counts = {
-        "payments": len(payments),
-        "callbacks": len(callbacks),
+        "payments": payments,
+        "callbacks": callbacks,
         "entries": int(await conn.fetchval("SELECT count(*) FROM journal_entries")),
         "postings": int(await conn.fetchval("SELECT count(*) FROM postings")),
         "attention": attention,
     }
     return report
+
+
+def _check_payment(report: CheckReport, seen: dict[str, int], row: Any) -> None:
+    name = f"payment {row['provider']}/{row['account']}/{row['transaction_id']}"
+    kind = Kind(row["kind"])
+    money = Money(row["paid"], row["refund_sum"], row["full_refund"], row["fee"])
+    if row["state"] not in STATES[kind]:
+        report._add(seen, "state", f"{name}: state {row['state']} is not a {kind.value} state")
+    if row["refunded"] != (money.refunded if kind is Kind.PAYMENT else 0):
+        report._add(seen, "refunded", f"{name}: refunded {row['refunded']} != targets")
+    if row["state"] not in PAID_STATES and money != Money():
+        report._add(seen, "branch", f"{name}: money held in state {row['state']}")
+    last_state = row["state_after"]
+    if last_state is not None and last_state != row["state"]:
+        report._add(
+            seen, "history", f"{name}: state {row['state']} but its last callback left {last_state}"
+        )
+    expected: dict[tuple[str, str], int] = defaultdict(int)
+    if money != Money():
+        currency = row["currency"]
+        if currency is None:
+            report._add(seen, "currency", f"{name}: money without a currency")
+            return
+        accounts = accounts_for(row["provider"], row["account"], row["merchant"], row["test"])
+        fee_currency = row["fee_currency"] or currency
+        for leg in legs_for(kind, Money(), money, accounts, currency, fee_currency):
+            expected[(leg.account, leg.currency)] += leg.amount
+    totals = row["totals"]
+    if isinstance(totals, str):  # a connection without the json codec
+        totals = orjson.loads(totals)
+    want = {key: total for key, total in expected.items() if total != 0}
+    have = {(a, c): t for a, c, t in totals or () if t != 0}
+    if want != have:
+        report._add(seen, "postings", f"{name}: postings {have} but targets imply {want}")
