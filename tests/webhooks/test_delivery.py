@@ -210,12 +210,25 @@ async def _all_states(database_url: str, ids: set[str], state: str) -> bool:
     return {e for (e, _), s in states.items() if s == state} == ids
 
 
+@pytest.mark.parametrize(
+    ("max_in_flight", "prefetch", "backlog"),
+    [
+        (2, 64, 8),  # the slow endpoint's backlog fits in the worker's prefetch
+        # More than the worker prefetches: were the slow deliveries to wait for their slot
+        # while holding their messages, all 4 would be slow ones and the fast merchant would
+        # wait for the slow one to answer. The excess goes back to the broker instead.
+        (1, 4, 12),
+    ],
+)
 async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
     database_url: str,
     db: asyncpg.Connection,
     amqp_url: str,
     namespace: str,
     amqp_cleanup: BrokerJanitor,
+    max_in_flight: int,
+    prefetch: int,
+    backlog: int,
 ) -> None:
     schedule = [0, 60]
     release = asyncio.Event()
@@ -228,55 +241,7 @@ async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
         MerchantServer(hang).serving() as slow,
         MerchantServer().serving() as fast,
     ):
-        config = make_config(
-            [
-                MerchantSpec("slow", slow.url, (new_secret(),), {"max_in_flight": 2}),
-                MerchantSpec("fast", fast.url, (new_secret(),)),
-            ],
-            schedule,
-        )
-        await declare(amqp_url, namespace, schedule, amqp_cleanup)
-        try:
-            async with running_worker(make_settings(database_url, amqp_url, namespace), config):
-                await publish_events(amqp_url, namespace, [make_event("slow") for _ in range(8)])
-                await slow.wait_for(2)
-                await publish_events(amqp_url, namespace, [make_event("fast") for _ in range(5)])
-                await fast.wait_for(5, within=10)
-                # Every fast delivery landed while the slow endpoint still holds its calls,
-                # and the slow one never got more than its max_in_flight at once.
-                assert not release.is_set()
-                assert len(slow.requests) == 2
-                release.set()
-                await slow.wait_for(8)
-        finally:
-            release.set()
-
-
-async def test_a_backlog_for_a_hanging_endpoint_does_not_take_every_prefetched_message(
-    database_url: str,
-    db: asyncpg.Connection,
-    amqp_url: str,
-    namespace: str,
-    amqp_cleanup: BrokerJanitor,
-) -> None:
-    """More deliveries for a hanging endpoint than the worker prefetches, then healthy ones.
-
-    Were the slow endpoint's deliveries to wait for its slot while holding their messages,
-    all four prefetched messages would be slow ones and the fast merchant would wait for the
-    slow one to answer. The excess goes back to the broker instead (no attempt recorded).
-    """
-    schedule = [0, 60]
-    release = asyncio.Event()
-
-    async def hang(_: int, __: web.Request) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(status=200)
-
-    async with (
-        MerchantServer(hang).serving() as slow,
-        MerchantServer().serving() as fast,
-    ):
-        slow_options = {"max_in_flight": 1, "timeout_s": 60}
+        slow_options = {"max_in_flight": max_in_flight, "timeout_s": 60}
         config = make_config(
             [
                 MerchantSpec("slow", slow.url, (new_secret(),), slow_options),
@@ -285,18 +250,22 @@ async def test_a_backlog_for_a_hanging_endpoint_does_not_take_every_prefetched_m
             schedule,
         )
         await declare(amqp_url, namespace, schedule, amqp_cleanup)
-        settings = replace(make_settings(database_url, amqp_url, namespace), webhook_prefetch=4)
-        slow_events = [make_event("slow") for _ in range(12)]
+        settings = replace(
+            make_settings(database_url, amqp_url, namespace), webhook_prefetch=prefetch
+        )
+        slow_events = [make_event("slow") for _ in range(backlog)]
         try:
             async with running_worker(settings, config):
                 await publish_events(amqp_url, namespace, slow_events)
-                await slow.wait_for(1)
+                await slow.wait_for(max_in_flight)
                 await publish_events(amqp_url, namespace, [make_event("fast") for _ in range(5)])
                 await fast.wait_for(5, within=10)
+                # Every fast delivery landed while the slow endpoint still holds its calls,
+                # and the slow one never got more than its max_in_flight at once.
                 assert not release.is_set()
-                assert len(slow.requests) == 1  # max_in_flight held while it hangs
+                assert len(slow.requests) == max_in_flight
                 release.set()
-                await slow.wait_for(12, within=30)
+                await slow.wait_for(backlog, within=30)
 
                 async def slow_ones_delivered() -> bool:
                     states = await delivery_states(database_url)
@@ -305,7 +274,7 @@ async def test_a_backlog_for_a_hanging_endpoint_does_not_take_every_prefetched_m
                 await wait_until(slow_ones_delivered)
         finally:
             release.set()
-    # Each slow delivery was attempted once: the hops through the busy queue are not attempts.
+    # Each slow delivery was attempted once: hops through the busy queue are not attempts.
     assert sorted(slow.webhook_ids()) == sorted(str(e["id"]) for e in slow_events)
     attempts = await fetch(
         database_url,
