@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError
+from contracts.redact import mask_urls
 
 __all__ = [
     "Config",
@@ -69,17 +70,21 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Process settings (environment variables ``PAYHOOK_*``); laptop defaults."""
 
     database_url: str = "postgresql://postgres@127.0.0.1:55432/payhook"
+    # One URL, or the comma-separated nodes of one cluster (each connection fails over).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:55672/"
     config_path: str = "deploy/payhook.toml"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
+    # /healthz, /readyz (and /metrics) of the process, whatever roles it runs; 0: none.
+    health_host: str = "127.0.0.1"
+    health_port: int = 8082
     log_level: str = "info"
     log_format: str = "json"  # or "console" for people at a terminal
     amqp_namespace: str = "payhook"
@@ -115,6 +120,38 @@ class Settings:
                 kind = type(default).__name__
                 raise ConfigError(f"{key}={raw!r} is not a valid {kind}") from None
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"PAYHOOK_LOG_LEVEL={self.log_level!r}: one of {', '.join(LOG_LEVELS)}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"PAYHOOK_LOG_FORMAT={self.log_format!r}: one of {', '.join(LOG_FORMATS)}"
+            )
+        if not [u for u in self.amqp_url.split(",") if u.strip()]:
+            raise ConfigError("PAYHOOK_AMQP_URL is empty")
+        for name in ("listen_port", "admin_port", "health_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"PAYHOOK_{name.upper()}={port}: not a TCP port")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("PAYHOOK_SHUTDOWN_GRACE_S must be >= 0")
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug output: never with a URL's password.
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__dataclass_fields__)
+        return mask_urls(f"Settings({fields})")
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The broker nodes, in the order given."""
+        return [u.strip() for u in self.amqp_url.split(",") if u.strip()]
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "console")
 
 
 def _parse_bool(raw: str) -> bool:

@@ -15,10 +15,11 @@ once; none waits for another's confirm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange
 
 from contracts.callbacks import (
     CALLBACK_BATCH_TYPE,
@@ -28,6 +29,8 @@ from contracts.callbacks import (
     encode_callbacks,
 )
 from contracts.topology import HEADER_CORRELATION_ID, Topology
+from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.health import Dependency
 
 __all__ = ["CallbackPublisher", "PublishFailed"]
 
@@ -47,38 +50,67 @@ class _Batch:
 
 class CallbackPublisher:
     def __init__(
-        self, amqp_url: str, topology: Topology, *, timeout_s: float, max_batch: int = 128
+        self,
+        amqp_url: str,
+        topology: Topology,
+        *,
+        timeout_s: float,
+        max_batch: int = 128,
+        dependency: Dependency | None = None,
     ) -> None:
-        self._amqp_url = amqp_url
+        self._nodes = BrokerNodes(amqp_url)
         self._topology = topology
         self._timeout_s = timeout_s
         self._max_batch = max(1, max_batch)
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._dependency = dependency or Dependency("ingress.rabbitmq")
         self._exchange: AbstractExchange | None = None
+        self._session: Session | None = None
+        self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._sessions: asyncio.Task[None] | None = None
         self._filling: dict[str, _Batch] = {}  # routing key -> batch still taking callbacks
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self._amqp_url, client_properties={"connection_name": "payhook-ingress"}, timeout=10
+    async def start(self, wait_s: float = 3.0) -> None:
+        """Connect in the background; wait up to ``wait_s`` for the first connection.
+
+        Never fails for want of a broker: the ingress listens anyway and answers 503 (and
+        ``/readyz`` false) until a node answers.
+        """
+        self._sessions = asyncio.create_task(
+            run_sessions(
+                self._nodes, self._stop, self._dependency, self._run, name="payhook-ingress"
+            ),
+            name="ingress-publisher",
         )
-        # on_return_raises: a mandatory publish that no queue took fails instead of vanishing.
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        self._exchange = await _declare(self._channel, self._topology)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._connected.wait()
+
+    async def _run(self, session: Session) -> None:
+        # on_return_raises (with confirms): a mandatory publish no queue took fails, not vanishes.
+        channel = await session.channel(publisher_confirms=True)
+        await declare(channel, self._topology.ingress_declarations())
+        self._exchange = await channel.get_exchange(self._topology.callbacks_exchange, ensure=False)
+        self._session = session
+        self._connected.set()
+        try:
+            await session.until_stopped_or_lost(self._stop)
+        finally:
+            self._exchange, self._session = None, None
+            self._connected.clear()
 
     async def close(self) -> None:
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=self._timeout_s)
-        if self._connection is not None:
-            await self._connection.close()
+        self._stop.set()
+        if self._sessions is not None:
+            await self._sessions
 
     @property
     def ready(self) -> bool:
-        conn = self._connection
-        return conn is not None and not conn.is_closed and conn.connected.is_set()
+        session = self._session
+        return self._exchange is not None and session is not None and not session.lost.is_set()
 
     async def publish(self, callback: CallbackReceived) -> None:
         """Return once a confirmed message holds ``callback``; else raise ``PublishFailed``."""
@@ -109,7 +141,7 @@ class CallbackPublisher:
         task.add_done_callback(self._sending.discard)
 
     async def _publish_batch(self, batch: _Batch) -> None:
-        assert self._exchange is not None
+        exchange = self._exchange
         callbacks = batch.callbacks
         if len(callbacks) == 1:
             only = callbacks[0]
@@ -134,26 +166,13 @@ class CallbackPublisher:
             )
         try:
             # Returns Basic.Ack; a Nack/Reject or a mandatory return raises DeliveryError.
+            if exchange is None:
+                raise ConnectionRefusedError("broker connection lost")
             async with asyncio.timeout(self._timeout_s):
-                await self._exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+                await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
         except Exception as exc:  # any failure means "not durably accepted"
             failed = PublishFailed(f"{type(exc).__name__}: {exc}")
             batch.confirmed.set_exception(failed)
             batch.confirmed.exception()  # retrieved here: waiters may have timed out already
         else:
             batch.confirmed.set_result(None)
-
-
-async def _declare(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
-    """Declare what the ingress publishes into, so a callback is routable before any worker runs.
-
-    Arguments must equal the workers' declarations (both come from ``contracts.topology``).
-    """
-    exchange = await channel.declare_exchange(
-        topology.callbacks_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await channel.declare_queue(
-        topology.ledger_queue, durable=True, arguments=topology.ledger_queue_arguments()
-    )
-    await queue.bind(exchange, routing_key="callback.#")
-    return exchange

@@ -53,6 +53,7 @@ AMQP_SUFFIXES = (
     ".webhooks",
     ".webhooks.dead",
     ".orders",
+    ".orders.dead",
 )
 
 

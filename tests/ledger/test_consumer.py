@@ -16,6 +16,7 @@ import orjson
 from contracts.config import Config, Settings
 from contracts.statuses import Status
 from contracts.topology import Topology
+from tests.roles import role_context
 from workers import amqp
 from workers.ledger.commands import HEADER_REPLAYED, replay_dead
 from workers.ledger.consumer import HEADER_ERROR, run_ledger_worker
@@ -200,7 +201,9 @@ async def test_run_ledger_worker_with_orders_queue(
 ) -> None:
     topology = Topology(namespace)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_ledger_worker(settings, ledger_config, stop))
+    task = asyncio.create_task(
+        run_ledger_worker(role_context("worker.ledger", settings, ledger_config, stop))
+    )
     connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
     try:
         channel = await connection.channel(publisher_confirms=True)

@@ -19,13 +19,18 @@ For each (event, merchant), in order:
 A crash anywhere leaves the message unacked; its redelivery resumes at the right step, so
 the schedule neither loses a delivery nor runs an attempt twice (short of a crash during the
 HTTP call itself, which may repeat that one call: merchants dedupe on ``webhook-id``).
+
+Outcomes are settled by ``runtime.consume``: a Postgres or RabbitMQ outage holds the message
+and retries it once the server is back (or leaves it to the broker if the connection went);
+an unexpected error requeues it, and the queue's delivery limit dead-letters a message that
+keeps failing to ``<ns>.webhooks.dead``, so nothing loops for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -33,11 +38,14 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts.config import Config, Merchant, Settings
+from contracts.config import Config, Merchant
 from contracts.errors import DecodeError
 from contracts.events import decode_event
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
-from workers import amqp, db
+from runtime import database
+from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.consume import handle_message
+from runtime.process import RoleContext
 from workers.webhooks import store
 from workers.webhooks.delivery import (
     AttemptResult,
@@ -52,8 +60,6 @@ from workers.webhooks.retry import Action, Outcome, Plan, plan_next
 __all__ = ["WebhookWorker", "run_webhook_worker", "subscribed"]
 
 log = structlog.get_logger(__name__)
-
-_ERROR_BACKOFF_S = 1.0
 
 
 def subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
@@ -93,7 +99,7 @@ class WebhookWorker:
         self,
         config: Config,
         pool: asyncpg.Pool[Any],
-        publisher: Publisher,
+        publisher: Publisher | None,
         endpoints: EndpointRegistry,
         stop: asyncio.Event,
         busy_delay_s: float = 0.0,
@@ -102,11 +108,23 @@ class WebhookWorker:
         self.busy_delay_s = busy_delay_s
         self.schedule = config.webhook_schedule
         self.pool = pool
-        self.publisher = publisher
+        self._publisher = publisher
         self.endpoints = endpoints
         self.stop = stop
+        # Set when the broker session the current messages came from is lost.
+        self.lost = asyncio.Event()
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise ConnectionRefusedError("no broker session")  # an outage: waited out
+        return self._publisher
+
+    def attach(self, publisher: Publisher, lost: asyncio.Event) -> None:
+        """Use a new broker session's publisher from now on."""
+        self._publisher, self.lost = publisher, lost
 
     # -- message handling ------------------------------------------------------------------
 
@@ -117,15 +135,10 @@ class WebhookWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
+        async def process(message: AbstractIncomingMessage) -> None:
             await self.process(message.body, message.headers or {})
-        except Exception:
-            log.exception("webhooks.message_failed", message_id=message.message_id)
-            # Back off so a broken dependency is not hammered, then let the broker redeliver.
-            await _sleep_or_stop(self.stop, _ERROR_BACKOFF_S)
-            await _settle(message.nack(requeue=True))
-            return
-        await _settle(message.ack())
+
+        await handle_message(message, process, stop=self.stop, lost=self.lost)
 
     async def process(self, body: bytes, headers: Mapping[str, Any]) -> None:
         """Handle one message body; returns when it may be acked, raises when it may not."""
@@ -300,56 +313,46 @@ def _disabled_reason(merchant: Merchant | None, endpoint_reason: str | None) -> 
     return None
 
 
-async def _settle(action: Awaitable[None]) -> None:
-    """Ack/nack; on a channel lost meanwhile the broker redelivers, which step 2 absorbs."""
-    try:
-        await action
-    except Exception as exc:  # any failure here means "the broker redelivers"
-        log.info("webhooks.settle_failed", error=type(exc).__name__)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-
-
-async def run_webhook_worker(settings: Settings, config: Config, stop: asyncio.Event) -> None:
-    """Run the webhook worker until ``stop`` is set, then shut down gracefully."""
+async def run_webhook_worker(ctx: RoleContext) -> None:
+    """The webhook worker until ``ctx.stop``, then a graceful shutdown."""
+    settings, config, stop = ctx.settings, ctx.config, ctx.stop
     topology = Topology(settings.amqp_namespace)
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+    pool = await database.open_pool(
+        settings.database_url, stop, ctx.dependency("postgres"), min_size=1, max_size=10
+    )
+    if pool is None:
+        return
     endpoints = EndpointRegistry(config.merchants)
-    try:
-        connection = await amqp.connect(settings.amqp_url, name="payhook-webhooks")
-    except BaseException:
-        await pool.close()
-        raise
-    worker: WebhookWorker | None = None
-    try:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=settings.webhook_prefetch)
-        delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
-        await amqp.declare_topology(channel, topology, delays)
-        publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        publisher = Publisher(publish_channel, topology, settings.publish_timeout_s)
-        worker = WebhookWorker(
-            config, pool, publisher, endpoints, stop, settings.webhook_busy_delay_s
-        )
-        queue = await channel.get_queue(topology.webhooks_queue)
+    worker = WebhookWorker(config, pool, None, endpoints, stop, settings.webhook_busy_delay_s)
+    delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
+
+    async def session(broker: Session) -> None:
+        channel = await broker.channel(prefetch=settings.webhook_prefetch)
+        await declare(channel, topology.declarations(delays))
+        publish_channel = await broker.channel(publisher_confirms=True)
+        worker.attach(Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost)
+        queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
         tag = await queue.consume(worker.on_message)
         log.info(
             "webhooks.started", queue=topology.webhooks_queue, schedule=config.webhook_schedule
         )
-        await stop.wait()
+        await broker.until_stopped_or_lost(stop)
+        # Stop taking work first, then let deliveries in flight finish on this connection.
         with suppress(Exception):
             await queue.cancel(tag)
-        await worker.drain(settings.shutdown_grace_s)
+        if stop.is_set():
+            await worker.drain(settings.shutdown_grace_s)
+
+    try:
+        await run_sessions(
+            BrokerNodes(settings.amqp_url),
+            stop,
+            ctx.dependency("rabbitmq"),
+            session,
+            name="payhook-webhooks",
+        )
     finally:
-        if worker is not None:
-            await worker.drain(0)
+        await worker.drain(0)
         await endpoints.close()
-        with suppress(Exception):
-            await connection.close()
-        async with asyncio.timeout(settings.shutdown_grace_s):
-            await pool.close()
+        await database.close_pool(pool)
         log.info("webhooks.stopped")
