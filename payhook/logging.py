@@ -130,3 +130,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
+    # aiormq logs every refused connection attempt as an error; the runtime already logs one
+    # line per attempt with the server and the reason (runtime.dependency_unavailable).
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)

@@ -83,6 +83,7 @@ async def wait_for_database(
             continue
         if attempt:
             log.info("runtime.dependency_available", dependency=dependency.name, server=server)
+        dependency.up()
         return conn
     return None
 
