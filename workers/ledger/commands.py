@@ -244,6 +244,6 @@ async def replay_dead(settings: Settings, limit: int | None = None, queue: str =
 
 async def replay_dead_command(args: argparse.Namespace, settings: Settings, _: ConfigLoader) -> int:
     moved = await replay_dead(settings, args.limit, args.queue)
-    dead_name, _ = _DEAD_QUEUES[args.queue](Topology(settings.amqp_namespace))
+    dead_name = _DEAD_QUEUES[args.queue](Topology(settings.amqp_namespace))[0]
     print(f"replayed {moved} message(s) from {dead_name}")
     return 0
