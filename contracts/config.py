@@ -260,18 +260,17 @@ def parse_config(
     for merchant_id, table in dict(data.get("merchants", {})).items():
         where = f"merchants.{merchant_id}"
         _require(table, "webhook_url", where)
+        # Only the keys given: the defaults live once, on the Merchant dataclass.
+        options: dict[str, Any] = {
+            key: kind(table[key]) for key, kind in _MERCHANT_OPTIONS.items() if key in table
+        }
+        if "events" in table:
+            options["events"] = tuple(str(e) for e in table["events"])
         merchants[merchant_id] = Merchant(
             id=merchant_id,
             webhook_url=str(table["webhook_url"]),
             secrets=resolve_secrets(table.get("secrets", []), f"{where}.secrets", base, env),
-            events=tuple(str(e) for e in table.get("events", ["*"])),
-            allow_private=bool(table.get("allow_private", False)),
-            timeout_s=float(table.get("timeout_s", 10.0)),
-            connect_timeout_s=float(table.get("connect_timeout_s", 10.0)),
-            max_in_flight=int(table.get("max_in_flight", 4)),
-            enabled=bool(table.get("enabled", True)),
-            breaker_threshold=int(table.get("breaker_threshold", 5)),
-            breaker_cooldown_s=float(table.get("breaker_cooldown_s", 60.0)),
+            **options,
         )
 
     accounts: dict[tuple[str, str], ProviderAccount] = {}
@@ -309,6 +308,17 @@ def parse_config(
         ledger=dict(data.get("ledger", {})),
         admin_tokens=resolve_secrets(admin.get("tokens", []), "admin.tokens", base, env),
     )
+
+
+_MERCHANT_OPTIONS: dict[str, type] = {
+    "allow_private": bool,
+    "timeout_s": float,
+    "connect_timeout_s": float,
+    "max_in_flight": int,
+    "enabled": bool,
+    "breaker_threshold": int,
+    "breaker_cooldown_s": float,
+}
 
 
 def _is_secret_ref(value: Any) -> bool:
