@@ -57,7 +57,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         remote = client_address(
             peer[0] if peer else None,
-            request.headers.get("X-Forwarded-For"),
+            # Every line, in order: a client can write the first one itself.
+            request.headers.getall("X-Forwarded-For", []),
             state.config.trusted_proxies,
         )
         if not account.ip_allowed(remote):
