@@ -32,7 +32,7 @@ from contracts.topology import HEADER_CORRELATION_ID, Topology
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.health import Dependency
 
-__all__ = ["CallbackPublisher", "PublishFailed"]
+__all__ = ["CallbackPublisher", "PublishFailed", "Unencodable"]
 
 
 class PublishFailed(Exception):
@@ -128,7 +128,7 @@ class CallbackPublisher:
             self._send(batch)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await asyncio.shield(batch.confirmed)
+                await _confirmation(batch, callback)
         except TimeoutError:
             raise PublishFailed("no confirm within the publish timeout") from None
 
@@ -141,38 +141,120 @@ class CallbackPublisher:
         task.add_done_callback(self._sending.discard)
 
     async def _publish_batch(self, batch: _Batch) -> None:
-        exchange = self._exchange
-        callbacks = batch.callbacks
-        if len(callbacks) == 1:
-            only = callbacks[0]
-            message = aio_pika.Message(
-                body=encode_callback(only),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                content_type="application/json",
-                message_id=only.id,
-                correlation_id=only.correlation_id or None,
-                headers={HEADER_CORRELATION_ID: only.correlation_id},
-                type=CALLBACK_TYPE,
-            )
-        else:
-            message = aio_pika.Message(
-                body=encode_callbacks(callbacks),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                content_type="application/json",
-                # Each callback inside carries its own deterministic id; this only names the
-                # message for broker tooling.
-                message_id=uuid.uuid4().hex,
-                type=CALLBACK_BATCH_TYPE,
-            )
+        """Publish ``batch`` as one message and resolve its future, whatever happens.
+
+        Encoding is part of what can fail: a callback the codec cannot write (the edge let
+        through something it should have refused: a bug) must fail at once and alone, not
+        take its batch with it nor leave the waiters to the publish timeout.
+        """
         try:
+            try:
+                message = _message(batch.callbacks)
+            except Exception:  # whatever the encoder raises, the message cannot be built
+                rest = _split(batch)  # fails the unencodable callbacks now, keeps the others
+                if rest is None:
+                    return
+                batch = rest  # from here on, the rest is what must be resolved
+                message = _message(batch.callbacks)
+            exchange = self._exchange
             # Returns Basic.Ack; a Nack/Reject or a mandatory return raises DeliveryError.
             if exchange is None:
                 raise ConnectionRefusedError("broker connection lost")
             async with asyncio.timeout(self._timeout_s):
                 await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
         except Exception as exc:  # any failure means "not durably accepted"
-            failed = PublishFailed(f"{type(exc).__name__}: {exc}")
-            batch.confirmed.set_exception(failed)
-            batch.confirmed.exception()  # retrieved here: waiters may have timed out already
+            _fail(batch.confirmed, PublishFailed(f"{type(exc).__name__}: {exc}"))
         else:
             batch.confirmed.set_result(None)
+        finally:
+            if not batch.confirmed.done():  # cancelled (shutdown): the waiters must not hang
+                _fail(batch.confirmed, PublishFailed("publish cancelled"))
+
+
+class Unencodable(PublishFailed):
+    """The callback cannot be written as a message (the codec refused it).
+
+    Not the broker's fault and not worth retrying as is: provider validation let through
+    something the contract cannot carry. The provider should get a 5xx and resend once the
+    bug is fixed.
+    """
+
+    def __init__(self, callback_id: str, error: BaseException) -> None:
+        super().__init__(
+            f"callback {callback_id} cannot be encoded: {type(error).__name__}: {error}"
+        )
+        self.callback_id = callback_id
+        self.error = error
+
+
+class _Split(Exception):
+    """A batch that could not be encoded whole: each callback's own outcome, by identity."""
+
+    def __init__(self, outcomes: dict[int, asyncio.Future[None]]) -> None:
+        super().__init__("batch split: callbacks encoded one by one")
+        self.outcomes = outcomes
+
+
+async def _confirmation(batch: _Batch, callback: CallbackReceived) -> None:
+    """Wait for the confirm of the message that holds ``callback``: its batch's, or after a
+    split, its own outcome (an immediate ``Unencodable``, or the confirm of the rest)."""
+    try:
+        await asyncio.shield(batch.confirmed)
+    except _Split as split:
+        await asyncio.shield(split.outcomes[id(callback)])
+
+
+def _message(callbacks: list[CallbackReceived]) -> aio_pika.Message:
+    """The persistent message carrying ``callbacks``: a plain object for one, else an array."""
+    if len(callbacks) == 1:
+        only = callbacks[0]
+        return aio_pika.Message(
+            body=encode_callback(only),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            message_id=only.id,
+            correlation_id=only.correlation_id or None,
+            headers={HEADER_CORRELATION_ID: only.correlation_id},
+            type=CALLBACK_TYPE,
+        )
+    return aio_pika.Message(
+        body=encode_callbacks(callbacks),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        content_type="application/json",
+        # Each callback inside carries its own deterministic id; this only names the message
+        # for broker tooling.
+        message_id=uuid.uuid4().hex,
+        type=CALLBACK_BATCH_TYPE,
+    )
+
+
+def _split(batch: _Batch) -> _Batch | None:
+    """Encode ``batch``'s callbacks one by one: fail the ones that cannot be encoded now,
+    and return a batch of the others to publish in their place (``None`` if none is left).
+
+    ``batch.confirmed`` is resolved here with a ``_Split`` that tells each waiter where its
+    outcome is, so an unencodable callback's request is answered without waiting for anything.
+    """
+    loop = asyncio.get_running_loop()
+    rest = _Batch(batch.routing_key, loop.create_future())
+    outcomes: dict[int, asyncio.Future[None]] = {}
+    for callback in batch.callbacks:
+        try:
+            encode_callback(callback)
+        except Exception as exc:
+            outcome: asyncio.Future[None] = loop.create_future()
+            _fail(outcome, Unencodable(callback.id, exc))
+            outcomes[id(callback)] = outcome
+        else:
+            rest.callbacks.append(callback)
+            outcomes[id(callback)] = rest.confirmed
+    _fail(batch.confirmed, _Split(outcomes))
+    if rest.callbacks:
+        return rest
+    rest.confirmed.cancel()  # nobody awaits it
+    return None
+
+
+def _fail(future: asyncio.Future[None], error: Exception) -> None:
+    future.set_exception(error)
+    future.exception()  # retrieved here: the waiters may have timed out already

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from contracts.callbacks import RawRequest
-from ingress.broker import PublishFailed
+from ingress.broker import PublishFailed, Unencodable
 from ingress.client_address import client_address
 from ingress.providers.base import Rejected
 from ingress.state import STATE
@@ -90,6 +90,18 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         callback = dataclasses.replace(accepted.callback, correlation_id=cid)
         try:
             await state.publisher.publish(callback)
+        except Unencodable as exc:
+            # Verified, yet the contract cannot carry it: the provider module let through
+            # something it should have refused. A bug, like a crash in verify: 500 at once,
+            # and the provider's resend after the fix goes through.
+            log.error(
+                "ingress.callback_unencodable",
+                error=str(exc.error)[:200],
+                error_type=type(exc.error).__name__,
+                callback_id=callback.id,
+                transaction_id=callback.transaction_id[:64],
+            )
+            return web.Response(status=500, text="internal error\n")
         except PublishFailed as exc:
             log.error("ingress.publish_failed", error=str(exc), callback_id=callback.id)
             return web.Response(status=503, text="temporarily unavailable\n")
