@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.config import ProviderAccount
+from contracts.config import PAYSERA_RETRY_SCHEDULE, ProviderAccount
 from contracts.money import major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers._common import (
@@ -46,7 +46,7 @@ from ingress.providers.base import (
 __all__ = ["PAYGOL", "Paygol", "canonical_json", "php_json"]
 
 # Paygol documents no retry schedule; the simulator uses Paysera's.
-RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+RETRY_SCHEDULE = PAYSERA_RETRY_SCHEDULE
 V2_ACK = Ack(status=200, body=b'["OK"]', content_type="application/json")
 SIG_HEADER = "X-Pg-Sig"
 

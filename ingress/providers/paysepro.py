@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.config import ProviderAccount
+from contracts.config import PAYSERA_RETRY_SCHEDULE, ProviderAccount
 from contracts.money import major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers._common import (
@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_SOURCE", "PAYSEPRO", "Paysepro"]
 
 DEFAULT_SOURCE = "51.195.200.178"
 # Paysepro documents no retry schedule; the simulator uses Paysera's.
-RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+RETRY_SCHEDULE = PAYSERA_RETRY_SCHEDULE
 _STATUSES: Mapping[str, Status] = {"ok": Status.SUCCEEDED, "ko": Status.PENDING}
 # `email` is the payer's: it stays in `raw` only.
 _DETAILS = ("type", "country")

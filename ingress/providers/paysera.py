@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.config import ProviderAccount
+from contracts.config import PAYSERA_RETRY_SCHEDULE, ProviderAccount
 from contracts.money import major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers import _paysera_crypto as crypto
@@ -45,7 +45,7 @@ from ingress.providers.base import (
 
 __all__ = ["PAYSERA", "Paysera"]
 
-RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+RETRY_SCHEDULE = PAYSERA_RETRY_SCHEDULE
 DEFAULT_SMS_REPLY = "Thank you for your payment."
 _MAX_DATA = 16 * 1024
 
