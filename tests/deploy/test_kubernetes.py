@@ -363,3 +363,26 @@ def test_rabbitmq_cluster_carries_deploy_rabbitmq() -> None:
             for p in by_kind(resources, "Policy")
         }
         assert policies == wanted_policies
+
+
+def test_the_install_selector_splits_prerequisites_from_roles() -> None:
+    """docs/deploy.md applies `component notin (roles)` first, then everything."""
+    resources = rendered(OVERLAY)
+
+    def first_phase(resource: Resource) -> bool:
+        labels = resource["metadata"].get("labels", {})
+        return labels.get("app.kubernetes.io/component") not in ROLES
+
+    first = [r for r in resources if first_phase(r)]
+    kinds = {r["kind"] for r in first}
+    assert {"Namespace", "ServiceAccount", "ConfigMap", "Secret", "Job"} <= kinds
+    assert {"Cluster", "RabbitmqCluster", "Policy"} <= kinds
+    assert not kinds & {"Deployment", "HorizontalPodAutoscaler", "Ingress"}
+    # What the Job mounts and reads is applied with it.
+    job = one(resources, "Job", "payhook-migrate")
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    needed = {("ConfigMap", v["configMap"]["name"]) for v in volumes if "configMap" in v}
+    needed |= {("Secret", v["secret"]["secretName"]) for v in volumes if "secret" in v}
+    assert needed <= {(r["kind"], r["metadata"]["name"]) for r in first}
+    for deployment in by_kind(resources, "Deployment"):
+        assert not first_phase(deployment)
