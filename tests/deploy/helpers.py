@@ -18,7 +18,6 @@ __all__ = [
     "COMPOSE",
     "DEPLOY",
     "K8S",
-    "PENDING_SETTINGS",
     "RABBITMQ_CONF_DIR",
     "REPO",
     "ROLES",
@@ -44,12 +43,6 @@ ROLES: dict[str, list[str]] = {
     "relay": ["relay"],
     "webhooks": ["worker", "webhooks"],
 }
-
-# Settings that the process interface promises (the health listener of every role) but that
-# contracts/config.py does not define yet. Accepted while absent; delete a name here once
-# Settings has the field.
-PENDING_SETTINGS = {"PAYHOOK_HEALTH_HOST", "PAYHOOK_HEALTH_PORT"}
-
 
 def setting_names() -> set[str]:
     """``PAYHOOK_<FIELD>`` for every field of ``contracts.config.Settings``."""

@@ -1,8 +1,7 @@
 """deploy/ speaks payhook's real interface: settings, commands and health endpoints.
 
 - every ``PAYHOOK_*`` name in deploy/ and docs/deploy.md is a field of
-  ``contracts.config.Settings`` (``PAYHOOK_<FIELD>``), or one the interface has announced
-  (helpers.PENDING_SETTINGS);
+  ``contracts.config.Settings`` (``PAYHOOK_<FIELD>``);
 - every environment variable given to a payhook container is such a setting, or a helper that
   only feeds ``$(NAME)`` expansion in the same container;
 - every command the Dockerfile, compose and Kubernetes run is listed by ``payhook --help``;
@@ -16,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import dockerfile
-import pytest
 
 from .helpers import (
     COMPOSE,
     DEPLOY,
     K8S,
-    PENDING_SETTINGS,
     REPO,
     help_commands,
     load_yaml,
@@ -51,7 +48,7 @@ def compose_payhook_services() -> dict[str, dict[str, Any]]:
 
 
 def test_every_payhook_name_in_deploy_is_a_setting() -> None:
-    known = setting_names() | PENDING_SETTINGS
+    known = setting_names()
     unknown = {
         f"{path.relative_to(REPO)}: {name}"
         for path, text in deploy_texts().items()
@@ -61,15 +58,8 @@ def test_every_payhook_name_in_deploy_is_a_setting() -> None:
     assert not unknown, sorted(unknown)
 
 
-def test_pending_settings_are_still_pending() -> None:
-    # Once Settings has them, helpers.PENDING_SETTINGS should lose them (this then reminds).
-    landed = PENDING_SETTINGS & setting_names()
-    if landed:
-        pytest.skip(f"remove from helpers.PENDING_SETTINGS: {sorted(landed)}")
-
-
 def test_payhook_containers_get_only_real_settings() -> None:
-    known = setting_names() | PENDING_SETTINGS
+    known = setting_names()
     for name, service in compose_payhook_services().items():
         assert set(service["environment"]) <= known, name
     for command in dockerfile.parse_file(str(DEPLOY / "Dockerfile")):
