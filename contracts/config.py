@@ -85,6 +85,8 @@ class Settings:
     # /healthz, /readyz (and /metrics) of the process, whatever roles it runs; 0: none.
     health_host: str = "127.0.0.1"
     health_port: int = 8082
+    # Prometheus instrumentation and /metrics on the health port.
+    metrics: bool = True
     log_level: str = "info"
     log_format: str = "json"  # or "console" for people at a terminal
     amqp_namespace: str = "payhook"

@@ -18,6 +18,7 @@ from contracts.errors import ConfigError
 from contracts.topology import Topology
 from ingress.broker import CallbackPublisher
 from ingress.handlers import handle_callback, healthz, readyz
+from ingress.metrics import IngressMetrics
 from ingress.providers import PROVIDERS
 from ingress.providers.base import ProviderModule
 from ingress.state import STATE, IngressState
@@ -47,9 +48,13 @@ def create_app(
         timeout_s=settings.publish_timeout_s,
         max_batch=settings.publish_max_batch,
         dependency=broker,
+        metrics=settings.metrics,
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[STATE] = IngressState(config=config, providers=modules, publisher=publisher)
+    metrics = IngressMetrics() if settings.metrics else None
+    app[STATE] = IngressState(
+        config=config, providers=modules, publisher=publisher, metrics=metrics
+    )
 
     async def publisher_ctx(_: web.Application) -> AsyncIterator[None]:
         await publisher.start()

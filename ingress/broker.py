@@ -29,6 +29,7 @@ from contracts.callbacks import (
     encode_callbacks,
 )
 from contracts.topology import HEADER_CORRELATION_ID, Topology
+from ingress.metrics import BATCH_SIZE, CONFIRMS_IN_FLIGHT
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.health import Dependency
 
@@ -57,7 +58,9 @@ class CallbackPublisher:
         timeout_s: float,
         max_batch: int = 128,
         dependency: Dependency | None = None,
+        metrics: bool = False,
     ) -> None:
+        self._metrics = metrics
         self._nodes = BrokerNodes(amqp_url)
         self._topology = topology
         self._timeout_s = timeout_s
@@ -160,8 +163,15 @@ class CallbackPublisher:
             # Returns Basic.Ack; a Nack/Reject or a mandatory return raises DeliveryError.
             if exchange is None:
                 raise ConnectionRefusedError("broker connection lost")
-            async with asyncio.timeout(self._timeout_s):
-                await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+            if self._metrics:
+                BATCH_SIZE.observe(len(batch.callbacks))
+                CONFIRMS_IN_FLIGHT.inc()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+            finally:
+                if self._metrics:
+                    CONFIRMS_IN_FLIGHT.dec()
         except Exception as exc:  # any failure means "not durably accepted"
             _fail(batch.confirmed, PublishFailed(f"{type(exc).__name__}: {exc}"))
         else:

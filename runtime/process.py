@@ -31,6 +31,7 @@ from aiohttp import web
 from contracts.config import Config, Settings
 from contracts.errors import ConfigError
 from runtime.health import Dependency, Health, build_health_app
+from runtime.metrics import add_metrics_route
 
 __all__ = [
     "EXIT_BUG",
@@ -77,6 +78,8 @@ async def serve(
     """The process: health listener, signals, watchdog around ``run_roles``; the exit code."""
     stop = asyncio.Event()
     health = Health()
+    if settings.metrics:
+        add_metrics_route(health)
     signals = _install_signals(stop)
     watchdog = asyncio.create_task(_watchdog(stop, settings.shutdown_grace_s + WATCHDOG_SLACK_S))
     runner: web.AppRunner | None = None

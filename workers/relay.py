@@ -30,7 +30,9 @@ from runtime.backoff import DEFAULT_BACKOFF, sleep_or_stop, wait_any
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.errors import describe, is_database_outage
 from runtime.health import Dependency
+from runtime.metrics import refresh_periodically
 from runtime.process import RoleContext
+from workers.metrics import RELAY_PUBLISHED, refresh_outbox
 
 __all__ = ["OUTBOX_CHANNEL", "publish_pending", "run_relay"]
 
@@ -89,6 +91,11 @@ async def run_relay(ctx: RoleContext) -> None:
         return
     wake = asyncio.Event()
     listener = asyncio.create_task(_listen(settings.database_url, wake, stop, postgres))
+    gauges = (
+        asyncio.create_task(refresh_periodically("relay", lambda: refresh_outbox(pool), stop, 5.0))
+        if settings.metrics
+        else None
+    )
 
     async def session(broker: Session) -> None:
         channel = await broker.channel(publisher_confirms=True)
@@ -106,6 +113,8 @@ async def run_relay(ctx: RoleContext) -> None:
             name="payhook-relay",
         )
     finally:
+        if gauges is not None:
+            gauges.cancel()
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
@@ -144,6 +153,7 @@ async def _relay(
         failures = 0
         postgres.up()
         if published:
+            RELAY_PUBLISHED.inc(published)
             log.debug("relay.published", count=published)
             continue
         wake.clear()

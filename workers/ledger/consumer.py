@@ -54,9 +54,11 @@ from runtime import database
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.errors import describe, is_database_outage
 from runtime.health import Dependency
+from runtime.metrics import refresh_periodically
 from runtime.process import RoleContext
 from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each
 from workers.ledger.orders import consume_orders
+from workers.metrics import LedgerMetrics, refresh_attention
 
 __all__ = [
     "HEADER_ERROR",
@@ -118,6 +120,7 @@ class LedgerWorker:
     ) -> None:
         self.pool = pool
         self.postgres = postgres or Dependency("ledger.postgres", is_up=True)
+        self.metrics = LedgerMetrics() if settings.metrics else None
         self.policy = Policy.from_config(config)
         self.topology = topology
         self.dead_exchange = dead_exchange
@@ -267,7 +270,9 @@ class LedgerWorker:
         stop: asyncio.Event,
     ) -> None:
         try:
+            started = time.perf_counter()
             outcome = await self._apply(batch.items, stop)
+            took = time.perf_counter() - started
             if previous is not None:
                 await asyncio.shield(previous)
             if outcome is None:
@@ -275,6 +280,15 @@ class LedgerWorker:
                 return
             result, failures = outcome
             self.totals.add(result)
+            if self.metrics is not None:
+                self.metrics.batch(
+                    dict(result.outcomes),
+                    result.duplicates,
+                    sum(1 for why in failures if why is not None),
+                    len(batch.items),
+                    took,
+                    batch.items[0].callback.received_at if batch.items else None,
+                )
             await self._settle(batch, failures)
             self._log(result, failures)
         finally:
@@ -369,6 +383,8 @@ class LedgerWorker:
                     routing_key=self.topology.ledger_queue,
                 )
                 await message.channel.basic_ack(_tag(message))
+                if self.metrics is not None:
+                    self.metrics.dead_lettered()
             else:
                 await message.channel.basic_nack(_tag(message), requeue=True)
         except _SETTLE_ERRORS as exc:
@@ -414,6 +430,13 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
     worker = LedgerWorker(settings, config, pool, topology, postgres=postgres)
     batches_stop = asyncio.Event()
     batching = asyncio.create_task(worker.run(batches_stop), name="ledger-batches")
+    gauges = (
+        asyncio.create_task(
+            refresh_periodically("ledger", lambda: refresh_attention(pool), stop, 15.0)
+        )
+        if settings.metrics
+        else None
+    )
 
     async def session(broker: Session) -> None:
         control = await broker.channel(publisher_confirms=True)
@@ -452,6 +475,8 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
             name="payhook-ledger",
         )
     finally:
+        if gauges is not None:
+            gauges.cancel()
         batches_stop.set()
         if not batching.done():
             await asyncio.wait([batching], timeout=settings.shutdown_grace_s + 1)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -45,7 +45,16 @@ from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MER
 from runtime import database
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.consume import handle_message
+from runtime.metrics import refresh_periodically
 from runtime.process import RoleContext
+from workers.metrics import (
+    BREAKER_STATES,
+    WEBHOOK_BREAKER,
+    WEBHOOK_DELIVERY_SECONDS,
+    refresh_deliveries,
+    seconds_since,
+    webhook_attempt,
+)
 from workers.webhooks import store
 from workers.webhooks.delivery import (
     AttemptResult,
@@ -115,6 +124,15 @@ class WebhookWorker:
         self.lost = asyncio.Event()
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = False
+
+    def export_metrics(self) -> None:
+        """Count attempts, and read each merchant's breaker state at every scrape."""
+        self.metrics = True
+        for merchant_id in self.config.merchants:
+            endpoint = self.endpoints.get(merchant_id)
+            if endpoint is not None:
+                WEBHOOK_BREAKER.labels(merchant_id).set_function(_breaker_state(endpoint))
 
     @property
     def publisher(self) -> Publisher:
@@ -228,6 +246,12 @@ class WebhookWorker:
             return
 
         result = await self._attempt(endpoint, key, job)
+        if self.metrics:
+            webhook_attempt(job.merchant, result.status_code, result.error_class)
+            if result.outcome is Outcome.DELIVERED:
+                took = seconds_since(str(job.event.get("time", "")))
+                if took is not None:
+                    WEBHOOK_DELIVERY_SECONDS.labels(job.merchant).observe(max(0.0, took))
         plan = plan_next(job.attempt, result.outcome, self.schedule, result.retry_after)
         finished = store.FinishedAttempt(
             result.outcome,
@@ -305,6 +329,10 @@ class WebhookWorker:
             await asyncio.wait(pending, timeout=1.0)
 
 
+def _breaker_state(endpoint: Endpoint) -> Callable[[], float]:
+    return lambda: float(BREAKER_STATES.get(endpoint.breaker.state, -1))
+
+
 def _disabled_reason(merchant: Merchant | None, endpoint_reason: str | None) -> str | None:
     if endpoint_reason is not None:
         return f"endpoint disabled: {endpoint_reason}"
@@ -325,6 +353,12 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
     endpoints = EndpointRegistry(config.merchants)
     worker = WebhookWorker(config, pool, None, endpoints, stop, settings.webhook_busy_delay_s)
     delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
+    gauges = None
+    if settings.metrics:
+        worker.export_metrics()
+        gauges = asyncio.create_task(
+            refresh_periodically("webhooks", lambda: refresh_deliveries(pool), stop, 15.0)
+        )
 
     async def session(broker: Session) -> None:
         channel = await broker.channel(prefetch=settings.webhook_prefetch)
@@ -352,6 +386,8 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
             name="payhook-webhooks",
         )
     finally:
+        if gauges is not None:
+            gauges.cancel()
         await worker.drain(0)
         await endpoints.close()
         await database.close_pool(pool)
