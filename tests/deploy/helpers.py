@@ -44,6 +44,7 @@ ROLES: dict[str, list[str]] = {
     "webhooks": ["worker", "webhooks"],
 }
 
+
 def setting_names() -> set[str]:
     """``PAYHOOK_<FIELD>`` for every field of ``contracts.config.Settings``."""
     return {f"PAYHOOK_{name.upper()}" for name in Settings.__dataclass_fields__}
