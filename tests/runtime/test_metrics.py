@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 
@@ -18,6 +19,10 @@ from .peers import PayhookProcess, get_status, wait_status
 from .test_process import Stage, stage
 
 __all__ = ["rsa_key", "stage"]  # fixtures
+
+
+CID = "corr-follow-me-1"
+_EVENTS = ("ingress.callback_accepted", "ledger.batch_applied", "webhooks.attempted")
 
 
 def sample(name: str, **labels: str) -> float:
@@ -37,6 +42,7 @@ async def test_a_callback_moves_every_roles_metrics(
     namespace: str,
     tmp_path: Path,
     rsa_key: rsa.RSAPrivateKey,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     accepted = dict(provider="paysera", account="main", outcome="accepted", reason="")
     bad_signature = dict(
@@ -66,7 +72,9 @@ async def test_a_callback_moves_every_roles_metrics(
             aiohttp.ClientSession() as http,
         ):
             good = paysera_query(rsa_key, requestid="7001")
-            async with http.post(f"{base}/callbacks/paysera/main", data=good) as resp:
+            async with http.post(
+                f"{base}/callbacks/paysera/main", data=good, headers={"X-Request-Id": CID}
+            ) as resp:
                 assert resp.status == 200
             other = paysera_query(rsa_key, requestid="7002")
             forged = {**other, "data": good["data"]}  # another callback's signatures
@@ -95,6 +103,10 @@ async def test_a_callback_moves_every_roles_metrics(
     assert sample("payhook_webhook_attempts_total", merchant="shop", outcome="2xx") == (
         before["2xx"] + 1
     )
+    # One correlation id follows the callback through the logs: ingress, ledger batch, webhook.
+    lines = [line for line in capsys.readouterr().out.splitlines() if CID in line]
+    events = {name for line in lines for name in _EVENTS if name in line}
+    assert events == set(_EVENTS), lines
     # No label carries an id: every label value is one of a small, fixed vocabulary.
     for metric in REGISTRY.collect():
         for s in metric.samples:

@@ -290,7 +290,7 @@ class LedgerWorker:
                     batch.items[0].callback.received_at if batch.items else None,
                 )
             await self._settle(batch, failures)
-            self._log(result, failures)
+            self._log(result, failures, batch.items)
         finally:
             if not settled.done():
                 settled.set_result(None)
@@ -390,7 +390,9 @@ class LedgerWorker:
         except _SETTLE_ERRORS as exc:
             log.warning("ledger.settle_lost", error=repr(exc))
 
-    def _log(self, result: ApplyResult, failures: Sequence[str | None]) -> None:
+    def _log(
+        self, result: ApplyResult, failures: Sequence[str | None], items: Sequence[Incoming] = ()
+    ) -> None:
         for item, verdict in result.attention:
             if verdict.outcome.value in ("stale", "late"):
                 continue
@@ -405,13 +407,19 @@ class LedgerWorker:
                     account=item.callback.account,
                     transaction_id=item.callback.transaction_id,
                 )
-        log.debug(
+        # One line per batch, not per callback: at full speed that is ~20 lines/s instead of
+        # ~10,000, and every correlation id is still on a line, so a callback can be followed
+        # from the ingress (ingress.callback_accepted) to the merchant (webhooks.attempted).
+        log.info(
             "ledger.batch_applied",
+            size=len(items),
             recorded=result.recorded,
             duplicates=result.duplicates,
             events=result.events,
             entries=result.entries,
             failed=sum(1 for why in failures if why is not None),
+            outcomes=dict(result.outcomes),
+            correlation_ids=sorted({item.correlation_id for item in items if item.correlation_id}),
         )
 
 
