@@ -99,7 +99,7 @@ class Settings:
     ledger_batch_size: int = 500
     ledger_batch_wait_ms: float = 5.0
     relay_batch_size: int = 500
-    webhook_prefetch: int = 64
+    webhook_prefetch: int = 256
     # A delivery for an endpoint with 2 x max_in_flight already waiting or in flight goes
     # back to the broker for this long instead of holding one of the prefetched messages.
     webhook_busy_delay_s: float = 5.0
@@ -174,7 +174,7 @@ class Merchant:
     allow_private: bool = False  # deliver to loopback/private addresses (local runs, tests)
     timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
-    max_in_flight: int = 4
+    max_in_flight: int = 16
     enabled: bool = True
     # Circuit breaker: after this many consecutive failures, stop calling for the cool-down.
     breaker_threshold: int = 5

@@ -43,6 +43,7 @@ from contracts.errors import DecodeError
 from contracts.events import decode_event
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
 from runtime import database
+from runtime.batching import Coalescer
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.consume import handle_message
 from runtime.metrics import refresh_periodically
@@ -112,9 +113,14 @@ class WebhookWorker:
         endpoints: EndpointRegistry,
         stop: asyncio.Event,
         busy_delay_s: float = 0.0,
+        prefetch: int = 0,
     ) -> None:
         self.config = config
         self.busy_delay_s = busy_delay_s
+        # An endpoint may hold up to half the prefetch (at least twice its max_in_flight) in
+        # waiting or running deliveries before further ones hop through the broker: a fast
+        # merchant is served at full speed, a hanging one cannot take more than half.
+        self.wait_limit = prefetch // 2
         self.schedule = config.webhook_schedule
         self.pool = pool
         self._publisher = publisher
@@ -125,6 +131,14 @@ class WebhookWorker:
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = False
+        # Concurrent deliveries share their Postgres round trips: one lookup and one write
+        # statement for all that reach that step in the same turn of the loop.
+        self._lookups: Coalescer[store.AttemptKey, store.Lookup] = Coalescer(
+            lambda keys: store.lookup_many(self.pool, keys)
+        )
+        self._records: Coalescer[store.Finished, None] = Coalescer(
+            lambda items: store.record_attempts(self.pool, items)
+        )
 
     def export_metrics(self) -> None:
         """Count attempts, and read each merchant's breaker state at every scrape."""
@@ -211,14 +225,17 @@ class WebhookWorker:
                 await self._deliver(job)
 
     async def _deliver(self, job: Job) -> None:
-        state = await store.open_delivery(
-            self.pool, job.event_id, job.merchant, job.event_type, job.round
-        )
-        if job.round < state.round:
-            log.info("webhooks.stale_message", current_round=state.round)
-            return
         key = job.key()
-        record = await store.get_attempt(self.pool, key)
+        found = await self._lookups.submit(key)
+        if job.round < found.round:
+            log.info("webhooks.stale_message", current_round=found.round)
+            return
+        if found.exists and job.round > found.round:
+            # An operator's replay whose round the table does not know yet: move it on.
+            await store.open_delivery(
+                self.pool, job.event_id, job.merchant, job.event_type, job.round
+            )
+        record = found.record
         if record is not None and record.finished:
             if record.plan is not None and not record.followed_up:
                 log.info("webhooks.resuming_follow_up", next=record.plan.action.value)
@@ -228,16 +245,23 @@ class WebhookWorker:
             return
 
         merchant = self.config.merchants.get(job.merchant)
-        disabled = _disabled_reason(merchant, state.disabled_reason)
+        disabled = _disabled_reason(merchant, found.disabled_reason)
         endpoint = self.endpoints.get(job.merchant)
         if disabled is not None or endpoint is None:
             reason = disabled or "unknown merchant"
+            await store.open_delivery(
+                self.pool, job.event_id, job.merchant, job.event_type, job.round
+            )
             await store.park_delivery(self.pool, job.event_id, job.merchant, job.round, reason)
             await self.publisher.dead(job, f"parked: {reason}")
             log.warning("webhooks.parked", reason=reason)
             return
 
-        if self.busy_delay_s > 0 and endpoint.saturated() and endpoint.breaker.state != "open":
+        if (
+            self.busy_delay_s > 0
+            and endpoint.saturated(self.wait_limit)
+            and endpoint.breaker.state != "open"
+        ):
             # Not an attempt: the same step comes back after a short hop through a delay
             # queue, so this message's prefetch slot is free for other merchants meanwhile.
             # (An open breaker needs no hop: the skip below costs no waiting.)
@@ -260,7 +284,10 @@ class WebhookWorker:
             result.response_body,
             result.duration_ms,
         )
-        await store.finish_attempt(self.pool, key, finished, plan)
+        if result.outcome is Outcome.GONE:
+            await store.record_attempt(self.pool, key, job.event_type, finished, plan)
+        else:
+            await self._records.submit((key, job.event_type, finished, plan))
         log.info(
             "webhooks.attempted",
             outcome=result.outcome.value,
@@ -284,7 +311,6 @@ class WebhookWorker:
                 if not breaker.allow():
                     return await self._skip(key)
                 try:
-                    await store.start_attempt(self.pool, key)
                     result = await post_event(endpoint, job.event_id, canonical_body(job.event))
                 except BaseException:
                     breaker.release()
@@ -300,7 +326,6 @@ class WebhookWorker:
         return result
 
     async def _skip(self, key: store.AttemptKey) -> AttemptResult:
-        await store.start_attempt(self.pool, key)
         return AttemptResult(Outcome.FAILED, error_class="circuit_open")
 
     async def _follow_up(self, job: Job, key: store.AttemptKey, plan: Plan) -> None:
@@ -313,6 +338,8 @@ class WebhookWorker:
         elif plan.action is Action.PARK:
             await self.publisher.dead(job, "parked: 410 Gone")
             log.warning("webhooks.endpoint_gone")
+        else:
+            return  # delivered: record_attempt marked it followed up already
         await store.mark_followed_up(self.pool, key)
 
     # -- shutdown --------------------------------------------------------------------------
@@ -351,7 +378,15 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
     if pool is None:
         return
     endpoints = EndpointRegistry(config.merchants)
-    worker = WebhookWorker(config, pool, None, endpoints, stop, settings.webhook_busy_delay_s)
+    worker = WebhookWorker(
+        config,
+        pool,
+        None,
+        endpoints,
+        stop,
+        settings.webhook_busy_delay_s,
+        prefetch=settings.webhook_prefetch,
+    )
     delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
     gauges = None
     if settings.metrics:
