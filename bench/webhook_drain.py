@@ -35,13 +35,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ledger_drain import cpu_reference, cpu_seconds  # noqa: E402
-from contracts.callbacks import CallbackReceived, RawRequest  # noqa: E402
-from contracts.events import build_event, encode_event, routing_key  # noqa: E402
-from contracts.statuses import Kind, Status, VerifiedBy  # noqa: E402
-from contracts.topology import HEADER_CORRELATION_ID, Topology  # noqa: E402
-from workers import amqp  # noqa: E402
-from workers.db import migrate  # noqa: E402
+from bench.ledger_drain import cpu_reference, cpu_seconds
+from contracts.callbacks import CallbackReceived, RawRequest
+from contracts.events import build_event, encode_event, routing_key
+from contracts.statuses import Kind, Status, VerifiedBy
+from contracts.topology import HEADER_CORRELATION_ID, Topology
+from workers import amqp
+from workers.db import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 DATABASE = "payhook_bench_webhooks"
@@ -163,7 +163,7 @@ async def main() -> int:
     namespace = f"bench{secrets.token_hex(4)}"
     topology = Topology(namespace)
     port = free_port()
-    merchant = subprocess.Popen([sys.executable, "-c", MERCHANT_SERVER, str(port)])
+    merchant = subprocess.Popen([sys.executable, "-c", MERCHANT_SERVER, str(port)])  # noqa: ASYNC220
     worker: subprocess.Popen[bytes] | None = None
     try:
         with tempfile.TemporaryDirectory() as tmp:

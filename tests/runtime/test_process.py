@@ -210,3 +210,34 @@ async def _exit_code(process: PayhookProcess, within: float = 60.0) -> int:
     code = await asyncio.wait_for(process.proc.wait(), within)
     await process.kill()  # collects the rest of the output
     return code
+
+
+async def test_every_role_fails_over_to_the_next_broker_node(stage: Stage, amqp_url: str) -> None:
+    """``PAYHOOK_AMQP_URL`` lists nodes: roles use whichever answers, and move on a loss.
+
+    Two proxies stand for two nodes of one cluster (both lead to the real broker): node A is
+    down at start, then B is taken away and A comes back; nobody exits, all get ready again.
+    """
+    mq = urlsplit(amqp_url)
+    node_b = FlakyServer(free_port(), (mq.hostname or "127.0.0.1", mq.port or 5672))
+    await stage.database.up()
+    await node_b.up()
+    nodes = f"amqp://guest:{MQ_PASSWORD}@127.0.0.1:{stage.broker.port}/," + (
+        f"amqp://guest:{MQ_PASSWORD}@127.0.0.1:{node_b.port}/"
+    )
+    process = PayhookProcess(["run"], {**stage.env, "PAYHOOK_AMQP_URL": nodes})
+    await process.start()
+    try:
+        await wait_status(f"{stage.health}/readyz", 200, process, within=90)
+        await stage.broker.up()  # node A back
+        await node_b.down()  # node B lost: every session moves to A
+        await wait_status(f"{stage.ingress}/readyz", 503, process)
+        await process.wait_for_output('"event":"runtime.dependency_lost"')
+        await wait_status(f"{stage.health}/readyz", 200, process, within=90)
+        assert f"rabbitmq 127.0.0.1:{stage.broker.port}" in process.text
+    finally:
+        code, took = await process.stop(within=GRACE_S + 15)
+        await node_b.down()
+    assert code == 0, process.text[-3000:]
+    assert took < GRACE_S + 5
+    stage.assert_no_secret(process)
