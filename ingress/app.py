@@ -52,6 +52,8 @@ def create_app(
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     metrics = IngressMetrics() if settings.metrics else None
+    if metrics is not None:
+        metrics.start_at_zero(config.accounts)
     app[STATE] = IngressState(
         config=config, providers=modules, publisher=publisher, metrics=metrics
     )

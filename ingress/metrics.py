@@ -14,6 +14,8 @@ which the hot path does not need to pay twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -53,6 +55,14 @@ class IngressMetrics:
     def __init__(self) -> None:
         self._counters: dict[tuple[str, str, str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
+
+    def start_at_zero(self, accounts: Iterable[tuple[str, str]]) -> None:
+        """Create each account's rare outcomes at 0, so rate() sees their first occurrence."""
+        for provider, account in accounts:
+            for outcome in ("accepted", "publish_failed", "unencodable"):
+                self._counters[(provider, account, outcome, "")] = CALLBACKS.labels(
+                    provider, account, outcome, ""
+                )
 
     def count(self, provider: str, account: str, outcome: str, reason: str = "") -> None:
         key = (provider, account, outcome, reason)

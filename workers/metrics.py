@@ -89,6 +89,11 @@ WEBHOOK_DELIVERIES = Gauge(
     "payhook_webhook_deliveries", "Deliveries by state (pending, failed, parked).", ["state"]
 )
 
+# Counters with labels appear only once a child exists; rare outcomes start at 0 so that
+# rate()/increase() see their first occurrence (alert rules depend on that).
+for _outcome in ("applied", "duplicate", "failed", "dead_lettered"):
+    LEDGER_CALLBACKS.labels(_outcome)
+
 BREAKER_STATES = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
 
 
