@@ -18,7 +18,7 @@ from contracts.schema import event_schema
 from contracts.statuses import Status, VerifiedBy
 from tests.roles import role_context
 from workers.ledger.admin import build_admin_app, run_admin
-from workers.ledger.apply import Incoming, Policy, apply_batch
+from workers.ledger.apply import Incoming, Policy, apply_batch, apply_with_retry
 from workers.ledger.check import check_ledger
 from workers.ledger.expectations import (
     Expectation,
@@ -198,6 +198,56 @@ async def test_a_callback_is_released_under_the_order_it_names_not_its_payments(
         assert await _money(conn) == ("succeeded", 1, 2)
         assert await conn.fetchval("SELECT order_id FROM payments") == "ORD-1"
         assert (await check_ledger(conn)).ok
+
+
+async def _until_done_or_blocked(task: asyncio.Task[Any], conn: Any, within: float = 10.0) -> None:
+    """Until ``task`` finished, or another session waits for an advisory lock (an order's)."""
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    async with asyncio.timeout(within):
+        while not task.done() and not await conn.fetchval(waiting):  # noqa: ASYNC110 - pg_locks
+            await asyncio.sleep(0.01)
+
+
+async def test_a_registration_racing_a_hold_still_releases_it(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """The ledger decided a Paysepro success "no expectation" and has not committed yet when
+    the order is registered: the registration must release it once it is committed, not
+    look for held callbacks too early and leave it held for good (found by tests/chaos)."""
+    held = callback(S.SUCCEEDED, "A", provider="paysepro")
+    exp = Expectation("shop", "paysepro", "main", "ORD-1", 1250, "EUR", False)
+    async with pool.acquire() as ledger, pool.acquire() as observer:
+        transaction = ledger.transaction()
+        await transaction.start()
+        await apply_batch(ledger, [Incoming.of(held)], policy)  # decided; commit pending
+        registering = asyncio.create_task(register_order(pool, exp, policy))
+        await _until_done_or_blocked(registering, observer)
+        await transaction.commit()
+    result, released = await registering
+    assert (result, dict(released.outcomes)) == ("created", {"applied": 1})
+    async with pool.acquire() as conn:
+        assert await _money(conn) == ("succeeded", 1, 2)
+        assert (await check_ledger(conn)).ok
+
+
+async def test_a_hold_racing_a_registration_is_decided_under_it(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """The other order of the same race: the registration is committing while the ledger
+    decides the callback; the ledger must apply it under the expectation, not hold it."""
+    exp = Expectation("shop", "paysepro", "main", "ORD-1", 1250, "EUR", False)
+    items = [Incoming.of(callback(S.SUCCEEDED, "A", provider="paysepro"))]
+    async with pool.acquire() as admin, pool.acquire() as observer:
+        transaction = admin.transaction()
+        await transaction.start()
+        assert await register_expectation(admin, exp) == "created"  # commit pending
+        applying = asyncio.create_task(apply_with_retry(pool, items, policy))
+        await _until_done_or_blocked(applying, observer)
+        await transaction.commit()
+    result = await applying
+    assert dict(result.outcomes) == {"applied": 1}
+    async with pool.acquire() as conn:
+        assert await _money(conn) == ("succeeded", 1, 2)
 
 
 async def test_trust_and_require_options(pool: asyncpg.Pool[Any]) -> None:
