@@ -33,6 +33,7 @@ from contracts.config import Config
 from contracts.errors import ConfigError
 from contracts.events import build_event, routing_key
 from contracts.statuses import VerifiedBy
+from runtime.errors import is_database_outage
 from workers.ledger import store
 from workers.ledger.decide import Outcome, Payment, Verdict, decide, new_payment
 from workers.ledger.expectations import Expectation, OrderKey, lock_orders
@@ -323,18 +324,13 @@ def _by_id(payment: Payment) -> str:
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """The database went away (or is refusing work for now): not the messages' fault."""
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.AdminShutdownError
-        | asyncpg.exceptions.CrashShutdownError
-        | asyncpg.exceptions.CannotConnectNowError
-        | asyncpg.exceptions.TooManyConnectionsError,
-    )
+    """The database went away (or is refusing work for now): not the messages' fault.
+
+    The runtime's one list (``runtime.errors``): a list of its own here once lacked the
+    protocol error a fast Postgres shutdown cuts a query with, so a restart failed genuine
+    messages (nacked, counted towards their delivery limit) instead of waiting.
+    """
+    return is_database_outage(exc)
 
 
 _RETRYABLE = (
