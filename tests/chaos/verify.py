@@ -40,7 +40,15 @@ BAD_LOG_MARKERS = (
     "payhook.forced_exit",
     "payhook.config_error",
     "ledger.batch_crashed",
+    # Genuine callbacks only: a batch that failed, or a message failed or dead-lettered, is
+    # a bug or an outage taken for the message's fault.
+    "ledger.batch_failed",
+    "ledger.message_failed",
+    "ledger.poison_message",
     "runtime.message_failed",
+    "runtime.message_dead_lettered",
+    "webhooks.undecodable",
+    "webhooks.failed",
     "Task exception was never retrieved",
     "Traceback (most recent call last)",
     '"level":"critical"',
@@ -50,6 +58,7 @@ BAD_LOG_MARKERS = (
 @dataclass(frozen=True, slots=True)
 class FaultFigures:
     name: str
+    back_s: float  # fault → the role restarted (spawned), or the server restart returned
     ready_s: float | None  # fault → the role's (or every role's) /readyz 200 again
     # fault → the first ack after the last failed answer; None: no answer failed
     acks_resumed_s: float | None
@@ -95,8 +104,9 @@ class Report:
                 else "never interrupted"
             )
             error = f"; ERROR {f.error}" if f.error else ""
+            back = f"server back {f.back_s:.1f} s, " if f.name.startswith("restart") else ""
             out.append(
-                f"  {f.name:<18} ready again {ready:>7}; acks resumed {acks}; "
+                f"  {f.name:<18} {back}ready again {ready}; acks resumed {acks}; "
                 f"{f.dispatched} callbacks sent meanwhile{error}"
             )
         m, e = self.merchant, self.events
@@ -286,6 +296,7 @@ def _fault_figures(load: Load, record: FaultRecord) -> FaultFigures:
     dispatched = sum(1 for t in load.dispatch_times if record.started <= t <= end)
     return FaultFigures(
         record.name,
+        max(0.0, record.done - record.started),
         (record.ready - record.started) if record.ready is not None else None,
         resumed if failed else None,
         len(failed),
