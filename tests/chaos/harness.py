@@ -32,6 +32,7 @@ from tests.chaos.merchant import ChaosMerchant
 from tests.chaos.processes import RoleSpec, Supervisor
 from tests.chaos.system import (
     MERCHANT,
+    WEBHOOK_BUSY_DELAY_S,
     EventTap,
     ServerControl,
     free_port,
@@ -75,7 +76,6 @@ FAULTS: tuple[str, ...] = (
     "kill ledger-2",
     "kill admin",
 )
-WEBHOOK_BUSY_DELAY_S = 1.0  # PAYHOOK_WEBHOOK_BUSY_DELAY_S in system.role_environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +312,7 @@ async def run_chaos(
     role_db_url = with_password(database_url, "chaos-" + secrets.token_hex(8))
     tap = EventTap(amqp_url, namespace)
     problems: list[str] = []
+    drain_s: float | None = None
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(merchant.serving())
         files = write_config(workdir, merchant.url, plan.webhook_schedule, merchant_secret)
@@ -358,7 +359,11 @@ async def run_chaos(
             await _until_done(supervisor.failed, load.run(pace), faults.run())
             await registrar.wait()
             say(f"load done in {load.finished_at - load.started_at:.1f} s; draining")
-            await wait_drained(role_db_url, merchant, load, plan.drain_within_s)
+            drain_started = time.monotonic()
+            drained = await wait_drained(role_db_url, merchant, load, plan.drain_within_s)
+            drain_s = time.monotonic() - drain_started
+            if not drained:
+                problems.append(f"the pipeline did not drain within {plan.drain_within_s:g} s")
         except Exception as exc:
             problems.append(f"the run stopped early: {type(exc).__name__}: {exc}")
         say("reading the event tap")
@@ -384,5 +389,6 @@ async def run_chaos(
         )
         report.problems[:0] = problems
         report.released = registrar.released
+        report.drain_s = drain_s
         return report
     raise AssertionError("unreachable")  # pragma: no cover

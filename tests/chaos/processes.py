@@ -9,6 +9,7 @@ restarting it. Each incarnation of a role logs to its own file (``<role>.<n>.log
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -24,6 +25,17 @@ import aiohttp
 __all__ = ["RoleExit", "RoleSpec", "Supervisor", "log_tail"]
 
 READY_POLL_S = 0.1
+
+# Every role process still running. The run kills them on its way out; this is the net for a
+# run that never got there (a pytest timeout, Ctrl-C): no role outlives the test process.
+_RUNNING: set[int] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for pid in list(_RUNNING):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +126,7 @@ class Supervisor:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C of the test run is not theirs
             )
+        _RUNNING.add(process.pid)
         inc = _Incarnation(number, process, log, time.monotonic())
         inc.watcher = asyncio.create_task(self._watch(name, inc))
         self.current[name] = inc
@@ -124,6 +137,7 @@ class Supervisor:
 
     async def _watch(self, name: str, inc: _Incarnation) -> None:
         code = await inc.process.wait()
+        _RUNNING.discard(inc.process.pid)
         if inc.killed or inc.stopping:
             return
         self.unexpected.append(

@@ -11,6 +11,8 @@ import asyncio
 import os
 import secrets
 import socket
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,22 +22,26 @@ import aio_pika
 
 from contracts.config import Config, load_config
 from contracts.topology import Topology
-from tests.servers import SERVICES, BrokerControl
+from tests.servers import SERVICES, wait_for_amqp
 from tests.servers import amqp_server_url as amqp_server_url
 from tests.servers import database_server_url as database_server_url
 
 __all__ = [
+    "MERCHANT",
+    "WEBHOOK_BUSY_DELAY_S",
     "ChaosFiles",
     "EventTap",
     "ServerControl",
     "free_port",
     "role_environment",
+    "run_command",
     "secrets_in",
     "with_password",
     "write_config",
 ]
 
 MERCHANT = "shop"
+WEBHOOK_BUSY_DELAY_S = 1.0  # PAYHOOK_WEBHOOK_BUSY_DELAY_S below: its hop queue is checked too
 
 
 def free_port() -> int:
@@ -186,10 +192,35 @@ def role_environment(
         PAYHOOK_SHUTDOWN_GRACE_S=f"{shutdown_grace_s:g}",
         # A confirm that does not come is a 503 (the provider resends) after 5 s, not 10.
         PAYHOOK_PUBLISH_TIMEOUT_S="5",
-        PAYHOOK_WEBHOOK_BUSY_DELAY_S="1",
+        PAYHOOK_WEBHOOK_BUSY_DELAY_S=f"{WEBHOOK_BUSY_DELAY_S:g}",
         **(extra or {}),
     )
     return env
+
+
+async def run_command(
+    argv: Sequence[str], env: Mapping[str, str], patience: float
+) -> tuple[int | None, str]:
+    """Run ``argv`` to its end (killed after ``patience`` s: code None); code and output.
+
+    The output goes to a file, not a pipe: a server the command starts in the background
+    (``services.sh restart-rabbitmq``) may inherit the write end of a pipe on loops that do
+    not close descriptors in children (uvloop), and reading to EOF would then never end.
+    """
+    with tempfile.TemporaryFile() as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+        )
+        code: int | None
+        try:
+            async with asyncio.timeout(patience):
+                code = await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            code = None
+        out.seek(0)
+        return code, out.read().decode(errors="replace")
 
 
 class ServerControl:
@@ -200,34 +231,25 @@ class ServerControl:
         self.database_server = database_server
 
     async def is_ours(self, kind: str) -> bool:
-        done = await self._services("is-ours", kind, patience=30)
-        return done[0] == 0
+        code, _ = await self._services("is-ours", kind, patience=30)
+        return code == 0
 
     async def restart_rabbitmq(self) -> None:
-        await BrokerControl(self.amqp_url).restart()
+        await self._services("restart-rabbitmq", patience=100)
+        await wait_for_amqp(self.amqp_url, patience=30)
 
     async def restart_postgres(self) -> None:
-        code, output = await self._services("restart-postgres", patience=100)
-        if code != 0:
-            raise RuntimeError(f"restart-postgres failed:\n{output}")
+        await self._services("restart-postgres", patience=100)
 
     async def _services(self, *args: str, patience: float) -> tuple[int | None, str]:
-        proc = await asyncio.create_subprocess_exec(
-            str(SERVICES),
-            *args,
-            env=os.environ
-            | {"PAYHOOK_AMQP_URL": self.amqp_url, "PAYHOOK_DATABASE_URL": self.database_server},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(patience):
-                output, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        return proc.returncode, output.decode(errors="replace")
+        env = os.environ | {
+            "PAYHOOK_AMQP_URL": self.amqp_url,
+            "PAYHOOK_DATABASE_URL": self.database_server,
+        }
+        code, output = await run_command([str(SERVICES), *args], env, patience)
+        if code != 0 and args[0] != "is-ours":
+            raise RuntimeError(f"services.sh {' '.join(args)} exited {code}:\n{output[-2000:]}")
+        return code, output
 
 
 class EventTap:
@@ -260,9 +282,11 @@ class EventTap:
         finally:
             await connection.close()
 
-    async def read_all(self, idle_s: float = 2.0) -> list[str]:
-        """Every event id in the queue (one per message, in order), emptying it."""
+    async def read_all(self, idle_s: float = 2.0, within: float = 300.0) -> list[str]:
+        """Every event id in the queue (one per message, in order), emptying it; what was
+        read by then if that takes longer than ``within`` seconds."""
         ids: list[str] = []
+        deadline = time.monotonic() + within
         arrived = asyncio.Event()
         connection = await aio_pika.connect(self.amqp_url)
         try:
@@ -275,7 +299,7 @@ class EventTap:
                 arrived.set()
 
             tag = await queue.consume(take, no_ack=True)
-            while True:
+            while time.monotonic() < deadline:
                 arrived.clear()
                 try:
                     async with asyncio.timeout(idle_s):

@@ -24,7 +24,7 @@ from contracts.topology import Topology
 from tests.chaos.load import Load, Planned
 from tests.chaos.merchant import ChaosMerchant
 from tests.chaos.processes import RoleExit
-from tests.chaos.system import MERCHANT, EventTap
+from tests.chaos.system import MERCHANT, WEBHOOK_BUSY_DELAY_S, EventTap, run_command
 
 if TYPE_CHECKING:
     from tests.chaos.harness import ChaosPlan, FaultRecord
@@ -84,6 +84,7 @@ class Report:
     exits: list[RoleExit] = field(default_factory=list)
     log_lines: dict[str, int] = field(default_factory=dict)  # error/warning events, counted
     released: int = 0
+    drain_s: float | None = None  # load finished → everything in the ledger, published, delivered
     problems: list[str] = field(default_factory=list)
 
     def render(self) -> str:
@@ -108,6 +109,10 @@ class Report:
             out.append(
                 f"  {f.name:<18} {back}ready again {ready}; acks resumed {acks}; "
                 f"{f.dispatched} callbacks sent meanwhile{error}"
+            )
+        if self.drain_s is not None:
+            out.append(
+                f"drained {self.drain_s:.1f} s after the load ended (ledger, events, webhooks)"
             )
         m, e = self.merchant, self.events
         queues = {k: v if v is not None else -1 for k, v in self.queues.items()}
@@ -157,29 +162,31 @@ async def wait_drained(
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         while time.monotonic() < deadline:
-            succeeded = await conn.fetchval(
-                "SELECT count(*) FROM payments WHERE state = 'succeeded'"
-            )
-            unpublished = await conn.fetchval(
-                "SELECT count(*) FROM events WHERE published_at IS NULL"
-            )
-            pending = await conn.fetchval(
-                "SELECT count(*) FROM webhook_deliveries WHERE state <> 'delivered'"
-            )
-            ids = {r["id"] for r in await conn.fetch("SELECT id FROM events")}
+            row = await conn.fetchrow(_DRAIN)
+            assert row is not None
+            delivered = merchant.delivered()
+            # Counts first; the ids only once they add up (cheap at 100,000 events).
             if (
-                succeeded >= expected
-                and not unpublished
-                and not pending
-                and ids <= merchant.delivered()
+                row["succeeded"] >= expected
+                and not row["unpublished"]
+                and not row["undelivered"]
+                and row["events"] <= len(delivered)
             ):
-                return True
+                ids = {r["id"] for r in await conn.fetch("SELECT id FROM events")}
+                if ids <= delivered:
+                    return True
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
     return False
 
 
+_DRAIN = """
+SELECT (SELECT count(*) FROM payments WHERE state = 'succeeded') AS succeeded,
+       (SELECT count(*) FROM events WHERE published_at IS NULL) AS unpublished,
+       (SELECT count(*) FROM events) AS events,
+       (SELECT count(*) FROM webhook_deliveries WHERE state <> 'delivered') AS undelivered
+"""
 _PAYMENTS = """
 SELECT p.provider, p.account, p.transaction_id, p.state, p.paid, p.currency, p.attention,
        (SELECT count(*) FROM journal_entries e WHERE e.payment_id = p.id) AS entries,
@@ -233,24 +240,9 @@ def _check_ledger(
 
 
 async def _ledger_check(env: Mapping[str, str]) -> tuple[int | None, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "payhook",
-        "ledger",
-        "check",
-        env=dict(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(300):
-            output, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None, "timed out"
-    return proc.returncode, output.decode(errors="replace")
+    argv = [sys.executable, "-m", "payhook", "ledger", "check"]
+    code, output = await run_command(argv, env, patience=300)
+    return code, output if code is not None else output + "(timed out)"
 
 
 def scan_logs(logs: Sequence[Path], secrets: Sequence[str], problems: list[str]) -> dict[str, int]:
@@ -432,7 +424,7 @@ async def verify(
     topology = Topology(namespace)
     dead = [topology.ledger_dead_queue, topology.webhooks_dead_queue, topology.orders_dead_queue]
     work = [topology.ledger_queue, topology.webhooks_queue, topology.orders_queue, tap.queue]
-    delays = sorted({d for d in plan.webhook_schedule if d > 0})
+    delays = sorted({d for d in (*plan.webhook_schedule, WEBHOOK_BUSY_DELAY_S) if d > 0})
     work += [topology.webhooks_retry_queue(d) for d in delays]
     report.queues = await tap.depths([*dead, *work])
     for name in dead + work:
