@@ -87,7 +87,7 @@ class ChaosPlan:
     # This share is held back and trickled out while faults remain, so load always flows
     # during every fault, however long the restarts take.
     reserve: float = 0.05
-    trickle_s: float = 0.25
+    trickle_s: float = 0.1
     concurrency: int = 64  # requests in flight
     open_callbacks: int = 512  # callbacks whose copies are still resending
     faults: tuple[str, ...] = FAULTS
