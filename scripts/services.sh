@@ -866,7 +866,7 @@ cmd_cluster() {
         kill) cmd_cluster_kill "$@" ;;
         restart) cmd_cluster_restart "$@" ;;
         status) cmd_cluster_status ;;
-        env) printf 'export PAYHOOK_CLUSTER_AMQP_URLS=%q\n' "$(cl_urls)" ;;
+        env) printf 'export PAYHOOK_CLUSTER_AMQP_URLS=%s\n' "$(cl_urls)" ;; # no shell metacharacters
         ctl | queues)
             local i
             i=$(cl_index "${1:?node (c1, c2 or c3)}")
