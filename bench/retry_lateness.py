@@ -78,8 +78,9 @@ def services(*args: str, check: bool = True) -> str:
 def queue_info(node: str, names: set[str]) -> dict[str, dict[str, Any]]:
     """Leader, members and online members of the named queues, as ``node`` sees them."""
     out = services(
-        "ctl", node, "list_queues", "name", "leader", "members", "online", "--formatter", "json"
-    )
+        "ctl", node, "list_queues", "name", "leader", "members", "online", "messages",
+        "--formatter", "json",
+    )  # fmt: skip
     rows: list[dict[str, Any]] = json.loads(out)
     return {row["name"]: row for row in rows if row["name"] in names}
 
@@ -112,13 +113,23 @@ def set_timeout(nodes: list[str], value_ms: int) -> None:
 @dataclass
 class Received:
     arrivals: dict[int, list[float]] = field(default_factory=dict)  # i -> lateness of each copy
+    first_at: dict[int, float] = field(default_factory=dict)  # i -> when its first copy came
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
 
     def add(self, i: int, lateness: float) -> None:
         self.arrivals.setdefault(i, []).append(lateness)
+        self.first_at.setdefault(i, time.time())
         if len(self.arrivals) >= self.expected:
             self.done.set()
+
+
+async def restart_later(node: str, at: float, received: Received) -> float:
+    """Restart ``node`` at ``at`` (or as soon as everything has arrived); when it was back."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(received.done.wait(), timeout=max(0.0, at - time.time()))
+    await asyncio.to_thread(services, "restart", node)
+    return time.time()
 
 
 async def consume(url: str, queue_name: str, received: Received, stop: asyncio.Event) -> None:
@@ -200,9 +211,10 @@ async def main() -> int:
     )
     parser.add_argument("--freeze-s", type=float, default=90.0, help="freeze this long (90)")
     parser.add_argument(
-        "--restart-early",
-        action="store_true",
-        help="restart the killed node at once, so it rejoins while messages are still waiting",
+        "--down-for",
+        type=float,
+        default=60.0,
+        help="restart the killed node this many s after the kill (60); it rejoins meanwhile",
     )
     parser.add_argument("--confirm-timeout-ms", type=int, help=f"set {SETTING} for this run")
     parser.add_argument("--tolerance", type=float, default=30.0, help="late by at most, s (30)")
@@ -284,29 +296,46 @@ async def main() -> int:
         else:
             services("kill", victim)
             _log(f"killed {victim} (SIGKILL) {when}")
-        restarter = None
-        if args.restart_early:
-            restarter = asyncio.create_task(asyncio.to_thread(services, "restart", victim))
+        down_at = time.time()
+        back = asyncio.create_task(restart_later(victim, down_at + args.down_for, received))
 
+        deadline = down_at + args.deadline
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(received.done.wait(), timeout=args.deadline)
-        # A moment more for duplicates of the last messages to show up.
-        await asyncio.sleep(2)
+            await asyncio.wait_for(received.done.wait(), timeout=deadline - time.time())
+        back_at = await back  # at once if it is still waiting: everything has arrived
+        await asyncio.sleep(2)  # a moment more for duplicates of the last messages
         stop.set()
         await consumer
-        if restarter is not None:
-            await restarter
+
+        info = queue_info(client_node, set(names))
+        running = services("ctl", client_node, "cluster_status", "--formatter", "json")
+        running_nodes = json.loads(running)["running_nodes"]
+        members = {n: len(info[n]["online"]) if n in info else 0 for n in names}
+        waiting = int(info[delay]["messages"]) if delay in info else 0
 
         late = [min(copies) for copies in received.arrivals.values()]
         copies = sum(len(c) for c in received.arrivals.values())
-        lost = args.count - len(received.arrivals)
         duplicates = copies - len(received.arrivals)
+        lost = args.count - len(received.arrivals) - waiting
         over = sum(1 for x in late if x > args.tolerance)
+        while_down = sum(1 for t in received.first_at.values() if t < back_at)
         _log(
-            f"received {len(received.arrivals)}/{args.count}: lateness {summary(late)}; "
-            f"lost {lost}, duplicates {duplicates}, later than {args.tolerance:g} s: {over}"
+            f"received {len(received.arrivals)}/{args.count} ({while_down} while {victim} was "
+            f"down, {len(received.arrivals) - while_down} after it was back "
+            f"{back_at - down_at:.0f} s after the kill): lateness {summary(late)}; "
+            f"lost {lost}, duplicates {duplicates}, still waiting in {delay}: {waiting}, "
+            f"later than {args.tolerance:g} s: {over}"
         )
-        rc = 0 if lost == 0 and over == 0 else 1
+        _log(
+            f"{victim} rejoined: running nodes {len(running_nodes)}; "
+            + ", ".join(f"{n} {m} online members" for n, m in members.items())
+        )
+        rejoined = len(running_nodes) == len(NODES) and all(
+            m == len(NODES) for m in members.values()
+        )
+        if not rejoined:
+            _log(f"{victim} did NOT rejoin fully")
+        rc = 0 if lost == 0 and waiting == 0 and over == 0 and rejoined else 1
         _log("target met" if rc == 0 else "target MISSED")
     finally:
         stop.set()
@@ -314,21 +343,8 @@ async def main() -> int:
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
-        t0 = time.monotonic()
-        if f"c{victim[1]}: running (ours" not in services("status", check=False):
+        if f"{victim}: running (ours" not in services("status", check=False):
             services("restart", victim, check=False)
-        restart_s = time.monotonic() - t0
-        running = services("ctl", client_node, "cluster_status", "--formatter", "json")
-        running_nodes = json.loads(running)["running_nodes"]
-        info = queue_info(client_node, set(names))
-        members = {n: len(info[n]["online"]) if n in info else 0 for n in names}
-        _log(
-            f"restarted {victim} in {restart_s:.1f} s: running nodes {len(running_nodes)}; "
-            + ", ".join(f"{n} {m} online members" for n, m in members.items())
-        )
-        if len(running_nodes) != len(NODES) or any(m != len(NODES) for m in members.values()):
-            _log("the killed node did NOT rejoin fully")
-            rc = 1
         await delete(urls[client_node], names)
         if args.confirm_timeout_ms is not None:
             for node, value in previous.items():
