@@ -4,26 +4,32 @@ Against the local 3-node cluster (``scripts/services.sh cluster start``), this d
 webhook delay queue and its target exactly as payhook does (``retry_queue_arguments``: quorum,
 TTL, dead-letter back to ``<ns>.webhooks``, at-least-once dead-lettering, reject-publish), in a
 fresh namespace. It publishes ``--count`` messages carrying their due time (publish time +
-``--ttl``), kills a node leading one of the queues (``--placement``) with SIGKILL, consumes the
-target queue through a surviving node and prints per-message lateness (min/median/max), lost
-and duplicated counts. Then it restarts the killed node and checks that it rejoined (3 running
-nodes, both queues with 3 online members), and deletes the queues.
+``--ttl``), takes down the node ``--victim`` (c1), which leads one or both queues
+(``--placement``), consumes the target queue through a surviving node, restarts the node
+``--down-for`` seconds later, and prints per-message lateness (min/median/max; how many
+arrived while the node was down), lost, duplicated and still-waiting counts, and whether the
+node rejoined (3 running nodes, both queues with 3 online members). Then it deletes the queues.
 
     scripts/services.sh cluster start
-    .venv/bin/python bench/retry_lateness.py                        # the cluster's own setting
-    .venv/bin/python bench/retry_lateness.py --confirm-timeout-ms 180000   # RabbitMQ's default
+    .venv/bin/python bench/retry_lateness.py --count 1000 --spread 10 --kill-after 1
+    .venv/bin/python bench/retry_lateness.py ... --confirm-timeout-ms 180000   # RabbitMQ's default
+    .venv/bin/python bench/retry_lateness.py ... --fault freeze --freeze-s 30 --down-for 60
 
-``--placement same`` (default) puts the target queue's leader on the killed node too: what
-RabbitMQ 3.10's default ``client-local`` locator does when one process declares the whole
-topology; ``split`` puts it on a surviving node; ``target`` kills only the target's leader
-(the delay queue's leader survives). Placement is forced with
+``--fault kill`` is SIGKILL (a crashed broker: the survivors see its connections reset at
+once); ``freeze`` is SIGSTOP for ``--freeze-s`` seconds, then SIGKILL: a hung host or a cut
+network, which the survivors only notice by timeouts. ``--placement same`` (default) puts the
+target queue's leader on the victim too: what RabbitMQ 3.10's default ``client-local`` locator
+does when one process declares the whole topology; ``split`` puts it on a surviving node;
+``target`` takes down only the target's leader. Placement is forced with
 ``x-queue-leader-locator=client-local`` on the declaring connection, the only argument payhook
-itself does not pass. ``--confirm-timeout-ms`` sets ``dead_letter_worker_publisher_confirm_timeout``
-on every running node for this run (``rabbitmqctl eval``; the previous values are restored at
-the end): the dead-letter worker that a new leader starts reads it then.
+itself does not pass. ``--confirm-timeout-ms`` sets
+``dead_letter_worker_publisher_confirm_timeout`` on every node for this run (``rabbitmqctl
+eval``; the previous values are restored at the end); without it the cluster's own value
+(deploy/rabbitmq/advanced.config) applies. The dead-letter worker a new leader starts reads it.
 
-Exit status 0 when nothing was lost and every message arrived within ``--tolerance`` seconds of
-its due time, 1 otherwise. Stops by itself after ``--deadline`` seconds of waiting.
+Exit status 0 when nothing was lost or left waiting, every message arrived within
+``--tolerance`` seconds of its due time and the node rejoined; 1 otherwise. Waits at most
+``--deadline`` seconds after the fault.
 """
 
 from __future__ import annotations

@@ -128,6 +128,28 @@ async def drain(url: str, queue: str, expected: set[bytes], patience: float = 60
     return got
 
 
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http://127.0.0.1)
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def queue_depth_metric(urls: dict[str, str], queue: str) -> str:
+    """The line of ``rabbitmq_detailed_queue_messages`` for ``queue``, polled from every node."""
+    while True:
+        for url in urls.values():
+            port = urlsplit(url).port
+            assert port is not None
+            metrics = (
+                f"http://127.0.0.1:{port + 2}/metrics/detailed?vhost=/&family=queue_coarse_metrics"
+            )
+            text = await asyncio.to_thread(fetch, metrics)
+            for line in text.splitlines():
+                if line.startswith("rabbitmq_detailed_queue_messages{") and f'"{queue}"' in line:
+                    return line
+        await asyncio.sleep(1)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -201,15 +223,9 @@ async def test_cluster_survives_the_loss_of_a_queue_leader(tmp_path: Path) -> No
         assert len(row["online"]) == 3, row
         assert row["policy"] == "payhook-queue-limits", row
         if os.environ.get("PAYHOOK_CLUSTER_PROMETHEUS") == "1":
-            port = urlsplit(urls["c1"]).port
-            assert port is not None
-            metrics_url = (
-                f"http://127.0.0.1:{port + 2}/metrics/detailed?vhost=/&family=queue_coarse_metrics"
-            )
-            text = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-            )
-            assert f'queue="{queue}"' in text
+            # The queue's depth, from the plugin of the node that leads it (each node reports
+            # its own queues; the figures are refreshed every few seconds).
+            await asyncio.wait_for(queue_depth_metric(urls, queue), timeout=30)
 
         leader = short(row["leader"])
         survivors = [n for n in NODES if n != leader]
