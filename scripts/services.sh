@@ -8,12 +8,24 @@
 #   scripts/services.sh restart-rabbitmq        restart only our private broker, keeping its data
 #   scripts/services.sh is-ours postgres|rabbitmq   exit 0 when we started the server at that URL
 #   scripts/services.sh ctl ARGS...             rabbitmqctl against our private node
+#   scripts/services.sh cluster start [--record FILE]|stop [c1|c2|c3|epmd ...]|status|env
+#                               |kill NODE|restart NODE|ctl NODE ARGS...|queues NODE ARGS...
+#                                               a local 3-node cluster (section "cluster" below)
 #
 # Configuration (environment):
 #   PAYHOOK_DATABASE_URL  default postgresql://postgres@127.0.0.1:55432/payhook
 #   PAYHOOK_AMQP_URL      default amqp://guest:guest@127.0.0.1:55672/
 #   PAYHOOK_EPMD_PORT     default AMQP port - 3 (55669): the private node's own epmd
 #   PAYHOOK_RABBITMQ_DIST_PORT  default AMQP port + 1 (55673); CLI nodes use +2 .. +12
+#   PAYHOOK_RABBITMQ_PROMETHEUS=1  also run the shipped plugins (rabbitmq_prometheus on
+#                         127.0.0.1, PAYHOOK_RABBITMQ_PROMETHEUS_PORT, default AMQP port + 20)
+#   PAYHOOK_RABBITMQ_EXTRA_CONF  more rabbitmq.conf lines for the private node(s)
+#   PAYHOOK_CLUSTER_AMQP_PORT    default 55772: the cluster's first node (see below)
+#   PAYHOOK_CLUSTER_PROMETHEUS=1 rabbitmq_prometheus on the cluster nodes too
+#
+# Private brokers run with the configuration payhook ships in deploy/rabbitmq/ (see
+# rmq_write_config): rabbitmq.conf plus local overrides, advanced.config, and the operator
+# policy from definitions.json imported once they run.
 #
 # If something already answers at a URL's host:port it is reused and never stopped. Otherwise
 # the Debian package is installed if missing and a private server is started on 127.0.0.1 with
@@ -708,14 +720,14 @@ cl_join() {
 }
 
 cmd_cluster_start() {
-    local record_file= i t0 answering=0 ours=0 missing=()
+    local record_file='' i t0 answering=0 missing=()
     if [[ ${1:-} == --record ]]; then
         record_file=${2:?--record needs a file}
     fi
     t0=$(now)
     for i in "${CL_NODES[@]}"; do
-        if cl_live "$i" >/dev/null && cl_answers "$i"; then
-            ours=$((ours + 1))
+        if cl_live "$i" >/dev/null; then
+            cl_answers "$i" || die "cluster: our c$i (pid $(cl_live "$i")) runs but does not answer at 127.0.0.1:$(cl_amqp "$i"); try 'scripts/services.sh cluster restart c$i'"
         elif cl_answers "$i"; then
             answering=$((answering + 1))
         else
