@@ -31,6 +31,7 @@ from contracts.callbacks import (
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from ingress.metrics import BATCH_SIZE, CONFIRMS_IN_FLIGHT
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.errors import is_refused_publish
 from runtime.health import Dependency
 
 __all__ = ["CallbackPublisher", "PublishFailed", "Unencodable"]
@@ -173,6 +174,9 @@ class CallbackPublisher:
                 if self._metrics:
                     CONFIRMS_IN_FLIGHT.dec()
         except Exception as exc:  # any failure means "not durably accepted"
+            if is_refused_publish(exc) and self._session is not None:
+                # 3.10 keeps refusing on this channel after a leader loss: renew the session.
+                self._session.lost.set()
             _fail(batch.confirmed, PublishFailed(f"{type(exc).__name__}: {exc}"))
         else:
             batch.confirmed.set_result(None)

@@ -3,7 +3,7 @@
     handler returns                 → ack
     raises RetryLater(delay)        → wait ``delay``, nack with requeue (counts as a delivery)
     raises PermanentFailure(reason) → reject without requeue: the queue dead-letters it
-    raises an outage (Postgres or RabbitMQ away)
+    raises an outage (Postgres or RabbitMQ away; a refused publish also renews the session)
                                     → keep the message and run the handler again after a
                                       backoff, for as long as it takes; not counted against
                                       the message. If the role stops or the channel is lost
@@ -25,7 +25,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from runtime.backoff import DEFAULT_BACKOFF, Backoff, sleep_or_stop
-from runtime.errors import PermanentFailure, RetryLater, describe, is_outage
+from runtime.errors import PermanentFailure, RetryLater, describe, is_outage, is_refused_publish
 
 __all__ = ["BUG_REQUEUE_PAUSE_S", "handle_message", "settle"]
 
@@ -73,6 +73,8 @@ async def handle_message(
                 await sleep_or_stop(stop, BUG_REQUEUE_PAUSE_S)
                 await settle(message.nack(requeue=True))
                 return
+            if is_refused_publish(exc):
+                lost.set()  # a poisoned channel: start a new session (see is_refused_publish)
             if stop.is_set() or lost.is_set() or message.channel.is_closed:
                 log.info("runtime.message_left_for_redelivery", reason=describe(exc))
                 return

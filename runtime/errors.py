@@ -23,6 +23,7 @@ __all__ = [
     "is_broker_outage",
     "is_database_outage",
     "is_outage",
+    "is_refused_publish",
 ]
 
 
@@ -82,6 +83,17 @@ def is_database_outage(exc: BaseException) -> bool:
 
 def is_broker_outage(exc: BaseException) -> bool:
     return isinstance(exc, _BROKER_OUTAGES)
+
+
+def is_refused_publish(exc: BaseException) -> bool:
+    """The broker nacked (or returned) a publish.
+
+    RabbitMQ 3.10 keeps refusing publishes on a channel whose first publish to a quorum queue
+    met a dead leader, even after a new leader took over; a new channel gets through at once.
+    So a refused publish ends the broker session (a new connection and channels), not only
+    this message.
+    """
+    return isinstance(exc, aiormq.exceptions.DeliveryError)
 
 
 def is_outage(exc: BaseException) -> bool:
