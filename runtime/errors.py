@@ -86,14 +86,16 @@ def is_broker_outage(exc: BaseException) -> bool:
 
 
 def is_refused_publish(exc: BaseException) -> bool:
-    """The broker nacked (or returned) a publish.
+    """The broker nacked a publish (not a mandatory return: no queue bound is not the channel).
 
     RabbitMQ 3.10 keeps refusing publishes on a channel whose first publish to a quorum queue
     met a dead leader, even after a new leader took over; a new channel gets through at once.
     So a refused publish ends the broker session (a new connection and channels), not only
     this message.
     """
-    return isinstance(exc, aiormq.exceptions.DeliveryError)
+    return isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
+        exc, aiormq.exceptions.PublishError
+    )
 
 
 def is_outage(exc: BaseException) -> bool:
