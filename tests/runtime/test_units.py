@@ -110,3 +110,16 @@ def test_outage_classification_and_descriptions() -> None:
     assert describe(ConnectionRefusedError(111, "Connect call failed")) == "connection refused"
     assert describe(TimeoutError()) == "timed out"
     assert describe(RuntimeError("first line\nsecond")) == "RuntimeError: first line"
+
+
+def test_a_nacked_publish_renews_the_session_but_a_return_does_not() -> None:
+    import aiormq
+    from pamqp.commands import Basic
+
+    from runtime.errors import is_refused_publish
+
+    assert is_refused_publish(aiormq.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1)))
+    assert not is_refused_publish(ConnectionRefusedError())
+    assert not is_refused_publish(
+        aiormq.exceptions.PublishError.__new__(aiormq.exceptions.PublishError)
+    )
