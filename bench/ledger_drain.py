@@ -288,6 +288,7 @@ async def main() -> int:
             "PAYHOOK_AMQP_NAMESPACE": namespace,
             "PAYHOOK_CONFIG_PATH": str(config),
             "PAYHOOK_LOG_LEVEL": "warning",
+            "PAYHOOK_HEALTH_PORT": "0",  # several workers: none needs a health listener
         }
         if args.batch_size:
             env["PAYHOOK_LEDGER_BATCH_SIZE"] = str(args.batch_size)
@@ -295,7 +296,7 @@ async def main() -> int:
             env["PAYHOOK_LEDGER_PREFETCH"] = str(args.prefetch)
         try:
             started = time.perf_counter()
-            command = [sys.executable, "-m", "workers.ledger"]
+            command = [sys.executable, "-m", "payhook", "worker", "ledger"]
             if args.profile:
                 command[1:1] = ["-m", "cProfile", "-o", args.profile]
             for _ in range(args.workers):

@@ -1,14 +1,15 @@
 """Webhook retry lateness through the loss of a broker node (bounded; 127.0.0.1 only).
 
 Against the local 3-node cluster (``scripts/services.sh cluster start``), this declares a
-webhook delay queue and its target exactly as payhook does (``retry_queue_arguments``: quorum,
-TTL, dead-letter back to ``<ns>.webhooks``, at-least-once dead-lettering, reject-publish), in a
-fresh namespace. It publishes ``--count`` messages carrying their due time (publish time +
-``--ttl``), takes down the node ``--victim`` (c1), which leads one or both queues
-(``--placement``), consumes the target queue through a surviving node, restarts the node
-``--down-for`` seconds later, and prints per-message lateness (min/median/max; how many
-arrived while the node was down), lost, duplicated and still-waiting counts, and whether the
-node rejoined (3 running nodes, both queues with 3 online members). Then it deletes the queues.
+webhook delay queue and its target exactly as payhook does (``Topology.retry_queue_arguments``:
+quorum, TTL, dead-letter back to ``<ns>.webhooks``, at-least-once dead-lettering,
+reject-publish; ``<ns>.webhooks`` with ``webhooks_queue_arguments``), in a fresh namespace.
+It publishes ``--count`` messages carrying their due time (publish time + ``--ttl``), takes
+down the node ``--victim`` (c1), which leads one or both queues (``--placement``), consumes the
+target queue through a surviving node, restarts the node ``--down-for`` seconds later, and
+prints per-message lateness (min/median/max; how many arrived while the node was down), lost,
+duplicated and still-waiting counts, and whether the node rejoined (3 running nodes, both
+queues with 3 online members). Then it deletes the queues.
 
     scripts/services.sh cluster start
     .venv/bin/python bench/retry_lateness.py --count 1000 --spread 10 --kill-after 1
@@ -55,7 +56,6 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts.topology import Topology
-from workers.amqp import retry_queue_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
@@ -252,8 +252,8 @@ async def main() -> int:
     target = topology.webhooks_queue
     delay = topology.webhooks_retry_queue(args.ttl)
     names = [delay, target]
-    await declare(urls[target_node], target, {"x-queue-type": "quorum"})
-    await declare(urls[delay_node], delay, retry_queue_arguments(topology, args.ttl))
+    await declare(urls[target_node], target, topology.webhooks_queue_arguments())
+    await declare(urls[delay_node], delay, topology.retry_queue_arguments(args.ttl))
     info = queue_info(client_node, set(names))
     leaders = {name: node_short(info[name]["leader"]) for name in names}
     _log(f"leaders: {delay} on {leaders[delay]}, {target} on {leaders[target]}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError
+from contracts.redact import mask_urls
 
 __all__ = [
     "Config",
@@ -69,17 +70,23 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Process settings (environment variables ``PAYHOOK_*``); laptop defaults."""
 
     database_url: str = "postgresql://postgres@127.0.0.1:55432/payhook"
+    # One URL, or the comma-separated nodes of one cluster (each connection fails over).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:55672/"
     config_path: str = "deploy/payhook.toml"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
+    # /healthz, /readyz (and /metrics) of the process, whatever roles it runs; 0: none.
+    health_host: str = "127.0.0.1"
+    health_port: int = 8082
+    # Prometheus instrumentation and /metrics on the health port.
+    metrics: bool = True
     log_level: str = "info"
     log_format: str = "json"  # or "console" for people at a terminal
     amqp_namespace: str = "payhook"
@@ -92,7 +99,7 @@ class Settings:
     ledger_batch_size: int = 500
     ledger_batch_wait_ms: float = 5.0
     relay_batch_size: int = 500
-    webhook_prefetch: int = 64
+    webhook_prefetch: int = 256
     # A delivery for an endpoint with 2 x max_in_flight already waiting or in flight goes
     # back to the broker for this long instead of holding one of the prefetched messages.
     webhook_busy_delay_s: float = 5.0
@@ -116,6 +123,38 @@ class Settings:
                 raise ConfigError(f"{key}={raw!r} is not a valid {kind}") from None
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"PAYHOOK_LOG_LEVEL={self.log_level!r}: one of {', '.join(LOG_LEVELS)}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"PAYHOOK_LOG_FORMAT={self.log_format!r}: one of {', '.join(LOG_FORMATS)}"
+            )
+        if not [u for u in self.amqp_url.split(",") if u.strip()]:
+            raise ConfigError("PAYHOOK_AMQP_URL is empty")
+        for name in ("listen_port", "admin_port", "health_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"PAYHOOK_{name.upper()}={port}: not a TCP port")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("PAYHOOK_SHUTDOWN_GRACE_S must be >= 0")
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug output: never with a URL's password.
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__dataclass_fields__)
+        return mask_urls(f"Settings({fields})")
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The broker nodes, in the order given."""
+        return [u.strip() for u in self.amqp_url.split(",") if u.strip()]
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "console")
+
 
 def _parse_bool(raw: str) -> bool:
     word = raw.strip().lower()
@@ -135,7 +174,7 @@ class Merchant:
     allow_private: bool = False  # deliver to loopback/private addresses (local runs, tests)
     timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
-    max_in_flight: int = 4
+    max_in_flight: int = 16
     enabled: bool = True
     # Circuit breaker: after this many consecutive failures, stop calling for the cool-down.
     breaker_threshold: int = 5
@@ -223,18 +262,17 @@ def parse_config(
     for merchant_id, table in dict(data.get("merchants", {})).items():
         where = f"merchants.{merchant_id}"
         _require(table, "webhook_url", where)
+        # Only the keys given: the defaults live once, on the Merchant dataclass.
+        options: dict[str, Any] = {
+            key: kind(table[key]) for key, kind in _MERCHANT_OPTIONS.items() if key in table
+        }
+        if "events" in table:
+            options["events"] = tuple(str(e) for e in table["events"])
         merchants[merchant_id] = Merchant(
             id=merchant_id,
             webhook_url=str(table["webhook_url"]),
             secrets=resolve_secrets(table.get("secrets", []), f"{where}.secrets", base, env),
-            events=tuple(str(e) for e in table.get("events", ["*"])),
-            allow_private=bool(table.get("allow_private", False)),
-            timeout_s=float(table.get("timeout_s", 10.0)),
-            connect_timeout_s=float(table.get("connect_timeout_s", 10.0)),
-            max_in_flight=int(table.get("max_in_flight", 4)),
-            enabled=bool(table.get("enabled", True)),
-            breaker_threshold=int(table.get("breaker_threshold", 5)),
-            breaker_cooldown_s=float(table.get("breaker_cooldown_s", 60.0)),
+            **options,
         )
 
     accounts: dict[tuple[str, str], ProviderAccount] = {}
@@ -272,6 +310,17 @@ def parse_config(
         ledger=dict(data.get("ledger", {})),
         admin_tokens=resolve_secrets(admin.get("tokens", []), "admin.tokens", base, env),
     )
+
+
+_MERCHANT_OPTIONS: dict[str, type] = {
+    "allow_private": bool,
+    "timeout_s": float,
+    "connect_timeout_s": float,
+    "max_in_flight": int,
+    "enabled": bool,
+    "breaker_threshold": int,
+    "breaker_cooldown_s": float,
+}
 
 
 def _is_secret_ref(value: Any) -> bool:

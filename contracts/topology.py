@@ -7,14 +7,61 @@ fresh namespace per test so they never see each other's messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-__all__ = ["HEADER_ATTEMPT", "HEADER_CORRELATION_ID", "HEADER_MERCHANT", "Topology"]
+__all__ = [
+    "HEADER_ATTEMPT",
+    "HEADER_CORRELATION_ID",
+    "HEADER_MERCHANT",
+    "OUTBOX_CHANNEL",
+    "Binding",
+    "Declarations",
+    "Exchange",
+    "Queue",
+    "Topology",
+]
 
 HEADER_CORRELATION_ID = "x-correlation-id"
 HEADER_ATTEMPT = "x-payhook-attempt"
 HEADER_MERCHANT = "x-payhook-merchant"
+# Postgres NOTIFY channel: the ledger commits events, the relay wakes up.
+OUTBOX_CHANNEL = "payhook_outbox"
+
+# Every consumed queue has a delivery limit, so no message can loop for ever: past it the
+# broker dead-letters the message (a redelivery after a crash counts; a retry published anew
+# through a delay queue does not).
+DELIVERY_LIMIT = 10
+WEBHOOK_DELIVERY_LIMIT = 20  # deliveries are idempotent; allow more crashes mid-attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    name: str
+    type: Literal["topic", "fanout", "direct"]
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=lambda: {"x-queue-type": "quorum"})
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Declarations:
+    """What to declare, in order: exchanges, then queues, then bindings (all durable)."""
+
+    exchanges: tuple[Exchange, ...]
+    queues: tuple[Queue, ...]
+    bindings: tuple[Binding, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +108,96 @@ class Topology:
     def orders_queue(self) -> str:
         return f"{self.namespace}.orders"
 
+    @property
+    def orders_dead_queue(self) -> str:
+        return f"{self.namespace}.orders.dead"
+
     def ledger_queue_arguments(self) -> dict[str, Any]:
+        return _dead_lettering(self.ledger_delivery_limit, self.ledger_dead_exchange)
+
+    def webhooks_queue_arguments(self) -> dict[str, Any]:
+        return _dead_lettering(WEBHOOK_DELIVERY_LIMIT, "", self.webhooks_dead_queue)
+
+    def orders_queue_arguments(self) -> dict[str, Any]:
+        return _dead_lettering(DELIVERY_LIMIT, "", self.orders_dead_queue)
+
+    def retry_queue_arguments(self, delay_seconds: float) -> dict[str, Any]:
+        """A delay queue: messages sit for ``delay_seconds``, then dead-letter to the work queue.
+
+        Quorum with at-least-once dead-lettering, not classic: a classic queue dead-letters
+        at-most-once, and a message whose TTL ran out while the broker was down is
+        dead-lettered during recovery, before the (quorum) work queue is available again, and
+        silently dropped (seen with RabbitMQ 3.10 in tests/webhooks/test_crash.py).
+        At-least-once keeps it until the work queue confirms it; that strategy requires
+        ``reject-publish`` overflow. Quorum queues expire only at the head, which is exact
+        here since the TTL is uniform per queue.
+        """
         return {
             "x-queue-type": "quorum",
-            "x-delivery-limit": self.ledger_delivery_limit,
-            "x-dead-letter-exchange": self.ledger_dead_exchange,
-            # at-least-once dead-lettering keeps poison messages safe until the DLQ confirms
+            "x-message-ttl": int(delay_seconds * 1000),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.webhooks_queue,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
 
+    def ingress_declarations(self) -> Declarations:
+        """What the ingress publishes into: a callback is routable before any worker runs."""
+        return Declarations(
+            exchanges=(Exchange(self.callbacks_exchange, "topic"),),
+            queues=(Queue(self.ledger_queue, self.ledger_queue_arguments()),),
+            bindings=(Binding(self.ledger_queue, self.callbacks_exchange, "callback.#"),),
+        )
+
+    def declarations(self, webhook_delays: Iterable[float] = ()) -> Declarations:
+        """Every exchange, queue and binding payhook uses (DESIGN.md, "Broker topology").
+
+        ``webhook_delays``: one delay queue per distinct positive delay (step 0 of a schedule
+        is "now" and needs none).
+        """
+        ingress = self.ingress_declarations()
+        delays = sorted({d for d in webhook_delays if d > 0})
+        return Declarations(
+            exchanges=(
+                *ingress.exchanges,
+                Exchange(self.ledger_dead_exchange, "fanout"),
+                Exchange(self.events_exchange, "topic"),
+            ),
+            queues=(
+                *ingress.queues,
+                Queue(self.ledger_dead_queue),
+                Queue(self.webhooks_queue, self.webhooks_queue_arguments()),
+                Queue(self.webhooks_dead_queue),
+                *(
+                    Queue(self.webhooks_retry_queue(d), self.retry_queue_arguments(d))
+                    for d in delays
+                ),
+                Queue(self.orders_queue, self.orders_queue_arguments()),
+                Queue(self.orders_dead_queue),
+            ),
+            bindings=(
+                *ingress.bindings,
+                Binding(self.ledger_dead_queue, self.ledger_dead_exchange, "#"),
+                Binding(self.webhooks_queue, self.events_exchange, "#"),
+            ),
+        )
+
     def callback_routing_key(self, provider: str, account: str) -> str:
         return f"callback.{provider}.{account}"
+
+
+def _dead_lettering(limit: int, exchange: str, routing_key: str | None = None) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": limit,
+        "x-dead-letter-exchange": exchange,
+        # at-least-once dead-lettering keeps poison messages safe until the DLQ confirms
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    if routing_key is not None:
+        arguments["x-dead-letter-routing-key"] = routing_key
+    return arguments
 
 
 def _delay_label(delay_seconds: float) -> str:

@@ -15,10 +15,11 @@ once; none waits for another's confirm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange
 
 from contracts.callbacks import (
     CALLBACK_BATCH_TYPE,
@@ -28,8 +29,11 @@ from contracts.callbacks import (
     encode_callbacks,
 )
 from contracts.topology import HEADER_CORRELATION_ID, Topology
+from ingress.metrics import BATCH_SIZE, CONFIRMS_IN_FLIGHT
+from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.health import Dependency
 
-__all__ = ["CallbackPublisher", "PublishFailed"]
+__all__ = ["CallbackPublisher", "PublishFailed", "Unencodable"]
 
 
 class PublishFailed(Exception):
@@ -47,38 +51,69 @@ class _Batch:
 
 class CallbackPublisher:
     def __init__(
-        self, amqp_url: str, topology: Topology, *, timeout_s: float, max_batch: int = 128
+        self,
+        amqp_url: str,
+        topology: Topology,
+        *,
+        timeout_s: float,
+        max_batch: int = 128,
+        dependency: Dependency | None = None,
+        metrics: bool = False,
     ) -> None:
-        self._amqp_url = amqp_url
+        self._metrics = metrics
+        self._nodes = BrokerNodes(amqp_url)
         self._topology = topology
         self._timeout_s = timeout_s
         self._max_batch = max(1, max_batch)
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._dependency = dependency or Dependency("ingress.rabbitmq")
         self._exchange: AbstractExchange | None = None
+        self._session: Session | None = None
+        self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._sessions: asyncio.Task[None] | None = None
         self._filling: dict[str, _Batch] = {}  # routing key -> batch still taking callbacks
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self._amqp_url, client_properties={"connection_name": "payhook-ingress"}, timeout=10
+    async def start(self, wait_s: float = 3.0) -> None:
+        """Connect in the background; wait up to ``wait_s`` for the first connection.
+
+        Never fails for want of a broker: the ingress listens anyway and answers 503 (and
+        ``/readyz`` false) until a node answers.
+        """
+        self._sessions = asyncio.create_task(
+            run_sessions(
+                self._nodes, self._stop, self._dependency, self._run, name="payhook-ingress"
+            ),
+            name="ingress-publisher",
         )
-        # on_return_raises: a mandatory publish that no queue took fails instead of vanishing.
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        self._exchange = await _declare(self._channel, self._topology)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._connected.wait()
+
+    async def _run(self, session: Session) -> None:
+        # on_return_raises (with confirms): a mandatory publish no queue took fails, not vanishes.
+        channel = await session.channel(publisher_confirms=True)
+        await declare(channel, self._topology.ingress_declarations())
+        self._exchange = await channel.get_exchange(self._topology.callbacks_exchange, ensure=False)
+        self._session = session
+        self._connected.set()
+        try:
+            await session.until_stopped_or_lost(self._stop)
+        finally:
+            self._exchange, self._session = None, None
+            self._connected.clear()
 
     async def close(self) -> None:
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=self._timeout_s)
-        if self._connection is not None:
-            await self._connection.close()
+        self._stop.set()
+        if self._sessions is not None:
+            await self._sessions
 
     @property
     def ready(self) -> bool:
-        conn = self._connection
-        return conn is not None and not conn.is_closed and conn.connected.is_set()
+        session = self._session
+        return self._exchange is not None and session is not None and not session.lost.is_set()
 
     async def publish(self, callback: CallbackReceived) -> None:
         """Return once a confirmed message holds ``callback``; else raise ``PublishFailed``."""
@@ -96,7 +131,7 @@ class CallbackPublisher:
             self._send(batch)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await asyncio.shield(batch.confirmed)
+                await _confirmation(batch, callback)
         except TimeoutError:
             raise PublishFailed("no confirm within the publish timeout") from None
 
@@ -109,51 +144,127 @@ class CallbackPublisher:
         task.add_done_callback(self._sending.discard)
 
     async def _publish_batch(self, batch: _Batch) -> None:
-        assert self._exchange is not None
-        callbacks = batch.callbacks
-        if len(callbacks) == 1:
-            only = callbacks[0]
-            message = aio_pika.Message(
-                body=encode_callback(only),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                content_type="application/json",
-                message_id=only.id,
-                correlation_id=only.correlation_id or None,
-                headers={HEADER_CORRELATION_ID: only.correlation_id},
-                type=CALLBACK_TYPE,
-            )
-        else:
-            message = aio_pika.Message(
-                body=encode_callbacks(callbacks),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                content_type="application/json",
-                # Each callback inside carries its own deterministic id; this only names the
-                # message for broker tooling.
-                message_id=uuid.uuid4().hex,
-                type=CALLBACK_BATCH_TYPE,
-            )
+        """Publish ``batch`` as one message and resolve its future, whatever happens.
+
+        Encoding is part of what can fail: a callback the codec cannot write (the edge let
+        through something it should have refused: a bug) must fail at once and alone, not
+        take its batch with it nor leave the waiters to the publish timeout.
+        """
         try:
+            try:
+                message = _message(batch.callbacks)
+            except Exception:  # whatever the encoder raises, the message cannot be built
+                rest = _split(batch)  # fails the unencodable callbacks now, keeps the others
+                if rest is None:
+                    return
+                batch = rest  # from here on, the rest is what must be resolved
+                message = _message(batch.callbacks)
+            exchange = self._exchange
             # Returns Basic.Ack; a Nack/Reject or a mandatory return raises DeliveryError.
-            async with asyncio.timeout(self._timeout_s):
-                await self._exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+            if exchange is None:
+                raise ConnectionRefusedError("broker connection lost")
+            if self._metrics:
+                BATCH_SIZE.observe(len(batch.callbacks))
+                CONFIRMS_IN_FLIGHT.inc()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+            finally:
+                if self._metrics:
+                    CONFIRMS_IN_FLIGHT.dec()
         except Exception as exc:  # any failure means "not durably accepted"
-            failed = PublishFailed(f"{type(exc).__name__}: {exc}")
-            batch.confirmed.set_exception(failed)
-            batch.confirmed.exception()  # retrieved here: waiters may have timed out already
+            _fail(batch.confirmed, PublishFailed(f"{type(exc).__name__}: {exc}"))
         else:
             batch.confirmed.set_result(None)
+        finally:
+            if not batch.confirmed.done():  # cancelled (shutdown): the waiters must not hang
+                _fail(batch.confirmed, PublishFailed("publish cancelled"))
 
 
-async def _declare(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
-    """Declare what the ingress publishes into, so a callback is routable before any worker runs.
+class Unencodable(PublishFailed):
+    """The callback cannot be written as a message (the codec refused it).
 
-    Arguments must equal the workers' declarations (both come from ``contracts.topology``).
+    Not the broker's fault and not worth retrying as is: provider validation let through
+    something the contract cannot carry. The provider should get a 5xx and resend once the
+    bug is fixed.
     """
-    exchange = await channel.declare_exchange(
-        topology.callbacks_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+
+    def __init__(self, callback_id: str, error: BaseException) -> None:
+        super().__init__(
+            f"callback {callback_id} cannot be encoded: {type(error).__name__}: {error}"
+        )
+        self.callback_id = callback_id
+        self.error = error
+
+
+class _Split(Exception):
+    """A batch that could not be encoded whole: each callback's own outcome, by identity."""
+
+    def __init__(self, outcomes: dict[int, asyncio.Future[None]]) -> None:
+        super().__init__("batch split: callbacks encoded one by one")
+        self.outcomes = outcomes
+
+
+async def _confirmation(batch: _Batch, callback: CallbackReceived) -> None:
+    """Wait for the confirm of the message that holds ``callback``: its batch's, or after a
+    split, its own outcome (an immediate ``Unencodable``, or the confirm of the rest)."""
+    try:
+        await asyncio.shield(batch.confirmed)
+    except _Split as split:
+        await asyncio.shield(split.outcomes[id(callback)])
+
+
+def _message(callbacks: list[CallbackReceived]) -> aio_pika.Message:
+    """The persistent message carrying ``callbacks``: a plain object for one, else an array."""
+    if len(callbacks) == 1:
+        only = callbacks[0]
+        return aio_pika.Message(
+            body=encode_callback(only),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            message_id=only.id,
+            correlation_id=only.correlation_id or None,
+            headers={HEADER_CORRELATION_ID: only.correlation_id},
+            type=CALLBACK_TYPE,
+        )
+    return aio_pika.Message(
+        body=encode_callbacks(callbacks),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        content_type="application/json",
+        # Each callback inside carries its own deterministic id; this only names the message
+        # for broker tooling.
+        message_id=uuid.uuid4().hex,
+        type=CALLBACK_BATCH_TYPE,
     )
-    queue = await channel.declare_queue(
-        topology.ledger_queue, durable=True, arguments=topology.ledger_queue_arguments()
-    )
-    await queue.bind(exchange, routing_key="callback.#")
-    return exchange
+
+
+def _split(batch: _Batch) -> _Batch | None:
+    """Encode ``batch``'s callbacks one by one: fail the ones that cannot be encoded now,
+    and return a batch of the others to publish in their place (``None`` if none is left).
+
+    ``batch.confirmed`` is resolved here with a ``_Split`` that tells each waiter where its
+    outcome is, so an unencodable callback's request is answered without waiting for anything.
+    """
+    loop = asyncio.get_running_loop()
+    rest = _Batch(batch.routing_key, loop.create_future())
+    outcomes: dict[int, asyncio.Future[None]] = {}
+    for callback in batch.callbacks:
+        try:
+            encode_callback(callback)
+        except Exception as exc:
+            outcome: asyncio.Future[None] = loop.create_future()
+            _fail(outcome, Unencodable(callback.id, exc))
+            outcomes[id(callback)] = outcome
+        else:
+            rest.callbacks.append(callback)
+            outcomes[id(callback)] = rest.confirmed
+    _fail(batch.confirmed, _Split(outcomes))
+    if rest.callbacks:
+        return rest
+    rest.confirmed.cancel()  # nobody awaits it
+    return None
+
+
+def _fail(future: asyncio.Future[None], error: Exception) -> None:
+    future.set_exception(error)
+    future.exception()  # retrieved here: the waiters may have timed out already

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -16,8 +17,9 @@ import structlog
 from aiohttp import web
 
 from contracts.callbacks import RawRequest
-from ingress.broker import PublishFailed
+from ingress.broker import PublishFailed, Unencodable
 from ingress.client_address import client_address
+from ingress.metrics import UNKNOWN, IngressMetrics
 from ingress.providers.base import Rejected
 from ingress.state import STATE
 
@@ -36,13 +38,23 @@ def _correlation_id(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
-def _refuse(status: int, reason: str, **fields: object) -> web.Response:
+def _refuse(
+    metrics: IngressMetrics | None,
+    where: tuple[str, str],
+    status: int,
+    reason: str,
+    **fields: object,
+) -> web.Response:
     log.warning("ingress.callback_rejected", http_status=status, reason=reason, **fields)
+    if metrics is not None:
+        metrics.count(*where, "rejected", reason)
     return web.Response(status=status, text=reason + "\n")
 
 
 async def handle_callback(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     state = request.app[STATE]
+    metrics = state.metrics
     provider_name = request.match_info["provider"]
     account_name = request.match_info["account"]
     cid = _correlation_id(request)
@@ -53,19 +65,22 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         module = state.providers.get(provider_name)
         account = state.config.account(provider_name, account_name)
         if module is None or account is None:
-            return _refuse(404, "unknown provider account")
+            # Not the URL's words as labels: anyone could grow the label set.
+            return _refuse(metrics, (UNKNOWN, UNKNOWN), 404, "unknown provider account")
+        where = (provider_name, account_name)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         remote = client_address(
             peer[0] if peer else None,
-            request.headers.get("X-Forwarded-For"),
+            # Every line, in order: a client can write the first one itself.
+            request.headers.getall("X-Forwarded-For", []),
             state.config.trusted_proxies,
         )
         if not account.ip_allowed(remote):
-            return _refuse(403, "source address not allowed", remote=remote)
+            return _refuse(metrics, where, 403, "source address not allowed", remote=remote)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _refuse(413, "request body too large")
+            return _refuse(metrics, where, 413, "request body too large")
         raw = RawRequest(
             method=request.method,
             path=request.path,
@@ -81,16 +96,34 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         try:
             accepted = module.verify(raw, account, received_at)
         except Rejected as rejected:
-            return _refuse(rejected.status, rejected.reason, **rejected.log_fields)
+            return _refuse(metrics, where, rejected.status, rejected.reason, **rejected.log_fields)
         except Exception:
             # A module bug must not ack: 500 makes the provider resend once it is fixed.
             log.exception("ingress.verify_crashed")
+            if metrics is not None:
+                metrics.count(*where, "error", "verify crashed")
             return web.Response(status=500, text="internal error\n")
         callback = dataclasses.replace(accepted.callback, correlation_id=cid)
         try:
             await state.publisher.publish(callback)
+        except Unencodable as exc:
+            # Verified, yet the contract cannot carry it: the provider module let through
+            # something it should have refused. A bug, like a crash in verify: 500 at once,
+            # and the provider's resend after the fix goes through.
+            log.error(
+                "ingress.callback_unencodable",
+                error=str(exc.error)[:200],
+                error_type=type(exc.error).__name__,
+                callback_id=callback.id,
+                transaction_id=callback.transaction_id[:64],
+            )
+            if metrics is not None:
+                metrics.count(*where, "unencodable")
+            return web.Response(status=500, text="internal error\n")
         except PublishFailed as exc:
             log.error("ingress.publish_failed", error=str(exc), callback_id=callback.id)
+            if metrics is not None:
+                metrics.count(*where, "publish_failed")
             return web.Response(status=503, text="temporarily unavailable\n")
         log.info(
             "ingress.callback_accepted",
@@ -99,6 +132,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
             status=callback.status.value,
             provider_status=callback.provider_status,
         )
+        if metrics is not None:
+            metrics.accepted(provider_name, account_name, time.perf_counter() - started)
         ack = accepted.ack
         return web.Response(status=ack.status, body=ack.body, content_type=ack.content_type)
     finally:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from contracts.config import Config
 from ingress.broker import CallbackPublisher
+from ingress.metrics import IngressMetrics
 from ingress.providers.base import ProviderModule
 
 __all__ = ["STATE", "IngressState"]
@@ -19,6 +20,7 @@ class IngressState:
     config: Config
     providers: Mapping[str, ProviderModule]
     publisher: CallbackPublisher
+    metrics: IngressMetrics | None = None  # None: PAYHOOK_METRICS=false
 
 
 STATE = web.AppKey("payhook_ingress_state", IngressState)

@@ -12,13 +12,16 @@
 
 Settings come from ``PAYHOOK_*`` environment variables, accounts and merchants from the TOML
 file at ``PAYHOOK_CONFIG_PATH`` (or ``--config``).
+
+Exit codes: 0 done (or stopped on request), 1 a role failed or an operator command found a
+problem, 2 bad configuration or usage, 3 a server (Postgres, RabbitMQ) could not be reached by
+an operator command. Long-running roles never exit for an unreachable server: they wait.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -27,14 +30,18 @@ import structlog
 
 from contracts.config import Config, Settings, load_config
 from contracts.errors import ConfigError
+from payhook.commands import ConfigLoader, Handler
 from payhook.logging import configure_logging
-from payhook.roles import ROLES, run_roles
+from payhook.roles import ROLES, resolve
+from runtime import database
+from runtime.errors import Unreachable
+from runtime.process import RoleContext, serve
 
-__all__ = ["main"]
+__all__ = ["EXIT_UNREACHABLE", "main"]
 
 log = structlog.get_logger("payhook")
 
-RoleRunner = Callable[[Settings, Config, asyncio.Event], Awaitable[None]]
+EXIT_UNREACHABLE = 3
 
 
 def _area_registrars() -> list[Callable[[Any], None]]:
@@ -89,7 +96,7 @@ def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
                 _accept_config_anywhere(child)
 
 
-async def _migrate(args: argparse.Namespace, settings: Settings, _: Callable[[], Config]) -> int:
+async def _migrate(args: argparse.Namespace, settings: Settings, _: ConfigLoader) -> int:
     from workers.db import migrate
 
     applied = await migrate(settings.database_url)
@@ -98,31 +105,33 @@ async def _migrate(args: argparse.Namespace, settings: Settings, _: Callable[[],
     return 0
 
 
-async def _run_all(args: argparse.Namespace, settings: Settings, load: Callable[[], Config]) -> int:
+async def _migrate_when_ready(ctx: RoleContext) -> None:
+    """``payhook run``'s first step: wait for Postgres (stop-aware), then migrate."""
+    from workers.db import migrate_connection
+
+    conn = await database.wait_for_database(
+        ctx.settings.database_url, ctx.stop, ctx.dependency("postgres")
+    )
+    if conn is None:
+        return
+    try:
+        applied = await migrate_connection(conn)
+    finally:
+        await conn.close()
+    log.info("payhook.migrated", applied=applied)
+
+
+async def _run_all(args: argparse.Namespace, settings: Settings, load: ConfigLoader) -> int:
     config = load()
-    if not args.no_migrate:
-        await _migrate(args, settings, load)
-    return await _serve(settings, config, list(ROLES))
+    prepare = None if args.no_migrate else _migrate_when_ready
+    return await serve(resolve(list(ROLES)), settings, config, prepare=prepare)
 
 
-def _run_one(role: str) -> Callable[[argparse.Namespace, Settings, Callable[[], Config]], Any]:
-    async def handler(
-        args: argparse.Namespace, settings: Settings, load: Callable[[], Config]
-    ) -> int:
-        return await _serve(settings, load(), [role])
+def _run_one(role: str) -> Handler:
+    async def handler(args: argparse.Namespace, settings: Settings, load: ConfigLoader) -> int:
+        return await serve(resolve([role]), settings, load())
 
     return handler
-
-
-async def _serve(settings: Settings, config: Config, roles: Sequence[str]) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info("payhook.starting", roles=list(roles))
-    await run_roles(settings, config, roles, stop)
-    log.info("payhook.stopped")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Unreachable as exc:
+        # Operator commands only: long-running roles wait for their servers instead.
+        print(f"payhook: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
 
 
 def _with_config_path(settings: Settings, path: str) -> Settings:
@@ -156,6 +169,7 @@ def _with_config_path(settings: Settings, path: str) -> Settings:
 
 
 def _run(coro: Awaitable[int]) -> int:
+    """Run on uvloop where it is installed."""
     try:
         import uvloop
     except ImportError:  # optional: about 40 % more requests per core for the ingress

@@ -5,6 +5,7 @@
 # (or the interpreter) changed since the last install (stamp in .venv/.payhook-installed).
 # payhook_services_up: start or reuse the servers, export their URLs, and register an EXIT trap
 # that stops only the servers this invocation started.
+# payhook_promtool: install promtool (Debian's prometheus package) when it is not on PATH.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO" || exit 1
@@ -62,4 +63,45 @@ payhook_services_up() {
     if [[ ${PAYHOOK_TEST_BROKER_CONTROL:-} == 1 ]]; then
         echo "scripts: the broker is ours; tests may restart it (PAYHOOK_TEST_BROKER_CONTROL=1)" >&2
     fi
+}
+
+# promtool checks and unit-tests deploy/prometheus/ (tests/deploy/test_prometheus.py). Debian
+# ships it only in the prometheus package, whose postinst also starts the Prometheus server
+# (invoke-rc.d on a machine without systemd, deb-systemd-invoke with it; only a policy-rc.d
+# that says no, as in Docker images, prevents that), listening on *:9090 with a default
+# config. A test machine needs the binary only, so that server is stopped again and kept from
+# starting at boot; one that was already running before the install is left alone.
+# --no-install-recommends: the recommended prometheus-node-exporter would start a daemon too.
+_payhook_prometheus_running() { # a live process named prometheus (/proc: procps may be missing)
+    local dir name key value
+    for dir in /proc/[0-9]*; do
+        read -r name 2>/dev/null <"$dir/comm" && [[ $name == prometheus ]] || continue
+        while read -r key value _; do
+            [[ $key == State: ]] && { [[ $value == Z ]] || return 0; break; }
+        done 2>/dev/null <"$dir/status"
+    done
+    return 1
+}
+payhook_promtool() {
+    command -v promtool >/dev/null && return 0
+    local sudo=() t0=$SECONDS was_running=
+    [[ $EUID -eq 0 ]] || sudo=(sudo)
+    _payhook_prometheus_running && was_running=1
+    echo "scripts: installing promtool (apt-get install prometheus)" >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
+        install -y -q --no-install-recommends prometheus >&2
+    if [[ -z $was_running ]]; then
+        if [[ -d /run/systemd/system ]]; then
+            "${sudo[@]}" systemctl disable --now prometheus.service >&2 || true
+        elif [[ -x /etc/init.d/prometheus ]]; then
+            "${sudo[@]}" /etc/init.d/prometheus stop >&2 || true
+            "${sudo[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+        if _payhook_prometheus_running; then
+            echo "scripts: warning: a Prometheus server is still running after the install" >&2
+        fi
+    fi
+    command -v promtool >/dev/null || { echo "scripts: promtool is still missing" >&2; return 1; }
+    echo "scripts: installed promtool in $((SECONDS - t0))s ($(promtool --version | head -n1))" >&2
 }

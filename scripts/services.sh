@@ -6,6 +6,7 @@
 #   scripts/services.sh status                  what answers at the configured URLs, and whose it is
 #   scripts/services.sh env                     `export PAYHOOK_...=` lines for the current shell
 #   scripts/services.sh restart-rabbitmq        restart only our private broker, keeping its data
+#   scripts/services.sh restart-postgres        restart only our private Postgres (fast shutdown)
 #   scripts/services.sh is-ours postgres|rabbitmq   exit 0 when we started the server at that URL
 #   scripts/services.sh ctl ARGS...             rabbitmqctl against our private node
 #   scripts/services.sh cluster start [--record FILE]|stop [c1|c2|c3|epmd ...]|status|env
@@ -938,6 +939,16 @@ cmd_restart_rabbitmq() {
     log "rabbitmq: restarted (pid $RMQ_PID) in $(since "$t0")"
 }
 
+cmd_restart_postgres() {
+    lock
+    live_pid postgres "$PG_CMD" >/dev/null || die "the Postgres at $PG_HOST:$PG_PORT is not ours to restart"
+    local t0
+    t0=$(now)
+    stop_postgres
+    start_postgres ""
+    log "postgres: restarted in $(since "$t0")"
+}
+
 cmd_is_ours() {
     case ${1:?postgres or rabbitmq} in
         postgres) live_pid postgres "$PG_CMD" >/dev/null && pg_answers ;;
@@ -985,6 +996,7 @@ case ${1:-} in
     status) cmd_status ;;
     env) cmd_env ;;
     restart-rabbitmq) cmd_restart_rabbitmq ;;
+    restart-postgres) cmd_restart_postgres ;;
     is-ours) shift; cmd_is_ours "$@" ;;
     cluster) shift; cmd_cluster "$@" ;;
     ctl)
@@ -994,7 +1006,7 @@ case ${1:-} in
         ctl "$@"
         ;;
     *)
-        echo "usage: $0 {start [--record FILE]|stop [postgres|rabbitmq|epmd ...]|status|env|restart-rabbitmq|is-ours KIND|ctl ARGS...|cluster ...}" >&2
+        echo "usage: $0 {start [--record FILE]|stop [postgres|rabbitmq|epmd ...]|status|env|restart-rabbitmq|restart-postgres|is-ours KIND|ctl ARGS...|cluster ...}" >&2
         exit 2
         ;;
 esac

@@ -6,6 +6,7 @@
 - ``amqp_url`` (session), ``namespace``: a fresh ``t<hex12>`` prefix per test whose well-known
   queues/exchanges are deleted afterwards; ``amqp_cleanup.register(name)`` adds other names.
 - ``broker_control``: ``await broker_control.restart()``; skips unless the broker is ours.
+- ``postgres_control``: ``await postgres_control.restart()``; skips unless Postgres is ours.
 - ``loop_errors`` (autouse): a test fails if the event loop reported an unhandled exception;
   a test that provokes one on purpose asserts on ``loop_errors.contexts`` and clears it.
 """
@@ -25,6 +26,7 @@ from .servers import (
     BrokerControl,
     BrokerJanitor,
     LoopErrors,
+    PostgresControl,
     amqp_server_url,
     broker_is_ours,
     create_database,
@@ -32,6 +34,7 @@ from .servers import (
     delete_broker_names,
     drop_database,
     leftover_broker_names,
+    postgres_is_ours,
     truncate_all,
     wait_for_amqp,
 )
@@ -134,6 +137,16 @@ def broker_control(amqp_url: str) -> BrokerControl:
             "ours to restart (set PAYHOOK_TEST_BROKER_CONTROL=1 to override)"
         )
     return BrokerControl(amqp_url)
+
+
+@pytest.fixture
+def postgres_control(database_url: str) -> PostgresControl:
+    if not postgres_is_ours():
+        pytest.skip(
+            "the Postgres server was not started by scripts/services.sh, so it is not ours to "
+            "restart (set PAYHOOK_TEST_BROKER_CONTROL=1 to override)"
+        )
+    return PostgresControl(database_server_url())
 
 
 # --------------------------------------------------------------------------- loop exceptions

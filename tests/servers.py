@@ -26,12 +26,14 @@ __all__ = [
     "BrokerControl",
     "BrokerJanitor",
     "LoopErrors",
+    "PostgresControl",
     "amqp_server_url",
     "broker_is_ours",
     "create_database",
     "database_server_url",
     "drop_database",
     "leftover_broker_names",
+    "postgres_is_ours",
     "truncate_all",
     "wait_for_amqp",
     "with_database",
@@ -53,6 +55,7 @@ AMQP_SUFFIXES = (
     ".webhooks",
     ".webhooks.dead",
     ".orders",
+    ".orders.dead",
 )
 
 
@@ -203,6 +206,14 @@ def broker_is_ours() -> bool:
     return _services("is-ours", "rabbitmq", timeout=30).returncode == 0
 
 
+def postgres_is_ours() -> bool:
+    """Like ``broker_is_ours``, for Postgres (the same ``PAYHOOK_TEST_BROKER_CONTROL`` flag)."""
+    flag = os.environ.get("PAYHOOK_TEST_BROKER_CONTROL")
+    if flag is not None:
+        return flag == "1"
+    return _services("is-ours", "postgres", timeout=30).returncode == 0
+
+
 def leftover_broker_names(prefixes: set[str]) -> list[str]:
     """Queues and exchanges on our private node whose names start with one of ``prefixes``."""
     names: list[str] = []
@@ -214,6 +225,35 @@ def leftover_broker_names(prefixes: set[str]) -> list[str]:
     return sorted(set(names))
 
 
+async def _restart(what: str, env: dict[str, str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(SERVICES),
+        f"restart-{what}",
+        env=os.environ | env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(100):
+            output, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"restart-{what} failed:\n{output.decode(errors='replace')}")
+
+
+class PostgresControl:
+    """Restarts the private Postgres (fast shutdown: every connection is cut, data kept)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+
+    async def restart(self) -> None:
+        await _restart("postgres", {"PAYHOOK_DATABASE_URL": self._url})
+
+
 class BrokerControl:
     """Restarts the private RabbitMQ node (data kept) to prove what survives a broker restart."""
 
@@ -221,22 +261,7 @@ class BrokerControl:
         self._url = amqp_url
 
     async def restart(self) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            str(SERVICES),
-            "restart-rabbitmq",
-            env=os.environ | {"PAYHOOK_AMQP_URL": self._url},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(100):
-                output, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(f"restart-rabbitmq failed:\n{output.decode(errors='replace')}")
+        await _restart("rabbitmq", {"PAYHOOK_AMQP_URL": self._url})
         await wait_for_amqp(self._url, patience=30)
 
 

@@ -8,7 +8,18 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 FORBIDDEN = {
-    "contracts": {"ingress", "workers", "payhook", "aiohttp", "aio_pika", "asyncpg", "structlog"},
+    "contracts": {
+        "ingress",
+        "workers",
+        "runtime",
+        "payhook",
+        "aiohttp",
+        "aio_pika",
+        "asyncpg",
+        "structlog",
+    },
+    # The shared lower layer: dependencies, lifetime, health. No business logic.
+    "runtime": {"ingress", "workers", "payhook"},
     "ingress": {"workers", "payhook", "asyncpg"},
     "workers": {"ingress", "payhook"},
 }

@@ -118,7 +118,7 @@ async def _held(db: asyncpg.Connection, provider: str, transaction_id: str) -> l
 async def test_scripts_run_serves_the_sample_config_and_stops_on_sigterm(
     database_url: str, amqp_url: str, namespace: str, db: asyncpg.Connection
 ) -> None:
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port, health_port = _free_port(), _free_port(), _free_port()
     env = {
         **os.environ,
         # The servers answer already, so scripts/run reuses them and must leave them running.
@@ -127,6 +127,7 @@ async def test_scripts_run_serves_the_sample_config_and_stops_on_sigterm(
         "PAYHOOK_AMQP_NAMESPACE": namespace,
         "PAYHOOK_LISTEN_PORT": str(port),
         "PAYHOOK_ADMIN_PORT": str(admin_port),
+        "PAYHOOK_HEALTH_PORT": str(health_port),
         "PAYHOOK_LOG_LEVEL": "warning",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
@@ -182,7 +183,7 @@ async def test_scripts_run_serves_the_sample_config_and_stops_on_sigterm(
             raise
     assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
     # Nothing is left listening, and the reused servers still answer.
-    for closed in (port, admin_port):
+    for closed in (port, admin_port, health_port):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", closed)) != 0
     assert await db.fetchval("SELECT 1") == 1

@@ -6,11 +6,16 @@ then marked. A crash between confirm and commit publishes the batch again: consu
 duplicate with the same event id, which is the at-least-once contract, never a loss.
 The ledger's ``NOTIFY payhook_outbox`` wakes the relay at once; a slow poll covers a missed
 notification (e.g. while the listening connection reconnects).
+
+Outages: the relay waits for Postgres at start and keeps its pool through restarts (a failed
+batch is rolled back and retried after a backoff); a lost broker connection ends the session
+and the runtime reconnects (``runtime.broker.run_sessions``). Nothing exits for either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aio_pika
@@ -18,18 +23,22 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractExchange
 
-from contracts.config import Config, Settings
 from contracts.events import encode_event
-from contracts.topology import HEADER_CORRELATION_ID, Topology
-from workers import amqp, db
+from contracts.topology import HEADER_CORRELATION_ID, OUTBOX_CHANNEL, Topology
+from runtime import database
+from runtime.backoff import DEFAULT_BACKOFF, sleep_or_stop, wait_any
+from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.errors import describe, is_database_outage
+from runtime.health import Dependency
+from runtime.metrics import refresh_periodically
+from runtime.process import RoleContext
+from workers.metrics import RELAY_PUBLISHED, refresh_outbox
 
 __all__ = ["OUTBOX_CHANNEL", "publish_pending", "run_relay"]
 
 log = structlog.get_logger("relay")
 
-OUTBOX_CHANNEL = "payhook_outbox"
 _POLL_INTERVAL_S = 1.0
-_ERROR_BACKOFF_S = 1.0
 
 _CLAIM = """
     SELECT id, routing_key, correlation_id, body
@@ -73,53 +82,102 @@ async def _publish(exchange: AbstractExchange, row: asyncpg.Record) -> None:
     await exchange.publish(message, routing_key=row["routing_key"], mandatory=True, timeout=30)
 
 
-async def run_relay(settings: Settings, config: Config, stop: asyncio.Event) -> None:
+async def run_relay(ctx: RoleContext) -> None:
+    settings, stop = ctx.settings, ctx.stop
     topology = Topology(settings.amqp_namespace)
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
-    connection = await amqp.connect(settings.amqp_url, name="payhook-relay")
+    postgres = ctx.dependency("postgres")
+    pool = await database.open_pool(settings.database_url, stop, postgres, min_size=1, max_size=2)
+    if pool is None:
+        return
     wake = asyncio.Event()
-    listener: asyncpg.Connection[Any] | None = None
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await amqp.declare_topology(channel, topology, config.webhook_schedule)
-        exchange = await channel.get_exchange(topology.events_exchange)
-        listener = await db.connect(settings.database_url)
-        await listener.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
+    listener = asyncio.create_task(_listen(settings.database_url, wake, stop, postgres))
+    gauges = (
+        asyncio.create_task(refresh_periodically("relay", lambda: refresh_outbox(pool), stop, 5.0))
+        if settings.metrics
+        else None
+    )
+
+    async def session(broker: Session) -> None:
+        channel = await broker.channel(publisher_confirms=True)
+        await declare(channel, topology.declarations(ctx.config.webhook_schedule))
+        exchange = await channel.get_exchange(topology.events_exchange, ensure=False)
         log.info("relay.started")
-        while not stop.is_set():
-            try:
-                async with pool.acquire() as conn:
-                    published = await publish_pending(conn, exchange, settings.relay_batch_size)
-            except (OSError, asyncpg.PostgresError, aio_pika.exceptions.AMQPError) as exc:
-                log.warning("relay.batch_failed", error=f"{type(exc).__name__}: {exc}")
-                await _sleep_or_stop(stop, _ERROR_BACKOFF_S)
-                continue
-            if published:
-                log.debug("relay.published", count=published)
-                continue
-            wake.clear()
-            await _wait_any(stop, wake, _POLL_INTERVAL_S)
+        await _relay(pool, exchange, settings.relay_batch_size, wake, stop, broker, postgres)
+
+    try:
+        await run_sessions(
+            BrokerNodes(settings.amqp_url),
+            stop,
+            ctx.dependency("rabbitmq"),
+            session,
+            name="payhook-relay",
+        )
     finally:
-        if listener is not None:
-            await listener.close()
-        await connection.close()
-        async with asyncio.timeout(settings.shutdown_grace_s):
-            await pool.close()
+        if gauges is not None:
+            gauges.cancel()
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await database.close_pool(pool, settings.shutdown_grace_s)
         log.info("relay.stopped")
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
+async def _relay(
+    pool: asyncpg.Pool[Any],
+    exchange: AbstractExchange,
+    batch_size: int,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+    broker: Session,
+    postgres: Dependency,
+) -> None:
+    """Publish batches until stopped or the broker session is lost."""
+    failures = 0
+    while not (stop.is_set() or broker.lost.is_set()):
+        try:
+            async with pool.acquire() as conn:
+                published = await publish_pending(conn, exchange, batch_size)
+        except Exception as exc:
+            if broker.lost.is_set():
+                return  # the session ends; the runtime reconnects
+            if not is_database_outage(exc):
+                raise  # a broker error ends the session; anything else is a bug
+            postgres.down(describe(exc))
+            delay = DEFAULT_BACKOFF.delay(failures)
+            failures += 1
+            log.warning("relay.batch_failed", reason=describe(exc), retry_in_s=round(delay, 2))
+            await sleep_or_stop(stop, delay)
+            continue
+        if failures:
+            log.info("relay.resumed", after_failures=failures)
+        failures = 0
+        postgres.up()
+        if published:
+            RELAY_PUBLISHED.inc(published)
+            log.debug("relay.published", count=published)
+            continue
+        wake.clear()
+        await wait_any(stop, wake, broker.lost, timeout=_POLL_INTERVAL_S)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+async def _listen(
+    database_url: str, wake: asyncio.Event, stop: asyncio.Event, postgres: Dependency
+) -> None:
+    """Keep a ``LISTEN payhook_outbox`` connection open, reconnecting when it drops."""
+    while not stop.is_set():
+        conn = await database.wait_for_database(database_url, stop, postgres)
+        if conn is None:
+            return
+        closed = asyncio.Event()
+        try:
+            conn.add_termination_listener(lambda _, closed=closed: closed.set())
+            await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
+            wake.set()  # anything committed while we were not listening
+            await wait_any(stop, closed)
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await conn.close()

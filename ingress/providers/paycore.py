@@ -19,14 +19,17 @@ from typing import Any
 
 from contracts.callbacks import CallbackReceived, RawRequest
 from contracts.config import ProviderAccount
-from contracts.money import major_to_minor
+from contracts.money import MINOR_MAX, MINOR_MIN, major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers._common import (
+    MAX_AMOUNT_TEXT,
+    amount_field,
     any_secret_matches,
     config_error,
     decimal_text,
+    header,
     load_json,
-    major_amount,
+    plain_length,
     required_text,
     secrets_of,
     text_field,
@@ -105,7 +108,7 @@ class PayCore:
             raise config_error(account, "test_key", "must differ from live_key")
 
     def verify(self, request: RawRequest, account: ProviderAccount, received_at: str) -> Accepted:
-        received = _header(request.headers, SIG_HEADER)
+        received = header(request.headers, SIG_HEADER)
         if not received:
             raise Rejected(400, f"missing {SIG_HEADER}")
         received = received.strip()
@@ -196,11 +199,6 @@ _SIMULATED = {
 }
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lowered), None)
-
-
 def _object(parent: Any, key: str) -> dict[str, Any]:
     value = parent.get(key) if isinstance(parent, dict) else None
     if not isinstance(value, dict):
@@ -208,15 +206,14 @@ def _object(parent: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def _money(attributes: Mapping[str, Any], key: str, currency: str | None) -> int | None:
-    value = attributes.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise Rejected(400, f"{key} is not a number")
-    if currency is None:
-        raise Rejected(400, f"{key} without currency")
-    return major_amount(value, currency)
+def _detail_number(value: Any) -> bool:
+    """A number worth keeping as a detail: one the broker's codec can write, in plain text
+    of sensible length (``1e400`` and 30-digit integers stay in ``raw`` only)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return MINOR_MIN <= value <= MINOR_MAX
+    return isinstance(value, Decimal) and plain_length(value) <= MAX_AMOUNT_TEXT
 
 
 def _callback(
@@ -232,10 +229,14 @@ def _callback(
     provider_status = required_text(attributes, "status", max_len=64)
     status = statuses.get(provider_status, Status.UNRECOGNIZED)
     currency = text_field(attributes, "currency", required=False, max_len=8)
-    amount = _money(attributes, "amount", currency)
-    processed = _money(attributes, "processed_amount", currency)
-    refunded = _money(attributes, "refunded_amount", currency)
-    fee = _money(attributes, "fee", currency)
+    # An invoice is for a positive amount. The others are running results that are zero until
+    # something happened (nothing processed or refunded yet, no fee charged); the ledger
+    # refuses a paid or refunded fact whose amount is not positive. Refunds are reported as
+    # positive `refunded_amount`, so no amount here is ever negative.
+    amount = amount_field(attributes, "amount", currency)
+    processed = amount_field(attributes, "processed_amount", currency, zero_ok=True)
+    refunded = amount_field(attributes, "refunded_amount", currency, zero_ok=True)
+    fee = amount_field(attributes, "fee", currency, zero_ok=True)
     # Resends of one callback carry the same body; partial steps that share a status differ in
     # their amount, which keeps a second partial refund from being taken for a resend.
     variant = ""
@@ -244,9 +245,12 @@ def _callback(
     elif provider_status in ("partially_processed", "partially_canceled") and processed is not None:
         variant = str(processed)
     details: dict[str, Any] = {
-        k: attributes[k] for k in _DETAILS if isinstance(attributes.get(k), str | bool | int)
+        k: v
+        for k in _DETAILS
+        if isinstance(v := attributes.get(k), str | bool)
+        or (isinstance(v, int) and _detail_number(v))
     }
-    if isinstance(attributes.get("payment_amount"), int | Decimal):
+    if _detail_number(attributes.get("payment_amount")):
         details["payment_amount"] = decimal_text(attributes["payment_amount"])
     flow_data = attributes.get("flow_data")
     if isinstance(flow_data, dict) and isinstance(flow_data.get("method"), str):

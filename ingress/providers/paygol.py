@@ -19,13 +19,15 @@ from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.config import ProviderAccount
+from contracts.config import PAYSERA_RETRY_SCHEDULE, ProviderAccount
 from contracts.money import major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers._common import (
+    amount_and_currency,
     any_secret_matches,
+    details_of,
+    header,
     load_json,
-    major_amount,
     opt_str,
     request_params,
     require_secret,
@@ -44,7 +46,7 @@ from ingress.providers.base import (
 __all__ = ["PAYGOL", "Paygol", "canonical_json", "php_json"]
 
 # Paygol documents no retry schedule; the simulator uses Paysera's.
-RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+RETRY_SCHEDULE = PAYSERA_RETRY_SCHEDULE
 V2_ACK = Ack(status=200, body=b'["OK"]', content_type="application/json")
 SIG_HEADER = "X-Pg-Sig"
 
@@ -70,7 +72,7 @@ class Paygol:
         require_secret(account, "secret")
 
     def verify(self, request: RawRequest, account: ProviderAccount, received_at: str) -> Accepted:
-        signature = _header(request.headers, SIG_HEADER)
+        signature = header(request.headers, SIG_HEADER)
         if signature is not None or request.body.lstrip()[:1] == b"{":
             return _verify_v2(request, signature, account, received_at)
         return _verify_legacy(request, account, received_at)
@@ -104,26 +106,6 @@ class Paygol:
         )
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
-def _amounts(
-    fields: Mapping[str, Any], amount_key: str, currency_key: str
-) -> tuple[int | None, str | None]:
-    amount = text_field(fields, amount_key, required=False, max_len=32)
-    currency = text_field(fields, currency_key, required=False, max_len=8)
-    if amount is None:
-        return None, currency
-    if currency is None:
-        raise Rejected(400, f"{amount_key} without {currency_key}")
-    return major_amount(amount, currency), currency
-
-
 def _check_service(fields: Mapping[str, Any], account: ProviderAccount) -> None:
     service = required_text(fields, "service_id", max_len=32)
     if service != opt_str(account, "service_id", required=True):
@@ -142,8 +124,9 @@ def _verify_legacy(request: RawRequest, account: ProviderAccount, received_at: s
     # Web IPNs carry transaction_id, SMS IPNs message_id.
     txn = text_field(fields, "transaction_id", required=False, max_len=64)
     txn = txn or required_text(fields, "message_id", max_len=64)
-    paid, paid_currency = _amounts(fields, "price", "currency")
-    asked, asked_currency = _amounts(fields, "frmprice", "frmcurrency")
+    # Sent only for a completed payment: what was paid and what was asked are both positive.
+    paid, paid_currency = amount_and_currency(fields, "price", "currency")
+    asked, asked_currency = amount_and_currency(fields, "frmprice", "frmcurrency")
     callback = CallbackReceived(
         provider="paygol",
         account=account.name,
@@ -159,7 +142,7 @@ def _verify_legacy(request: RawRequest, account: ProviderAccount, received_at: s
         currency=asked_currency if asked is not None else paid_currency,
         paid_amount=paid,
         paid_currency=paid_currency,
-        details={k: fields[k][:200] for k in _LEGACY_DETAILS if fields.get(k)},
+        details=details_of(fields, _LEGACY_DETAILS),
     )
     return Accepted(callback=callback, ack=Ack())
 
@@ -201,7 +184,8 @@ def _verify_v2(
         raise Rejected(401, "bad signature")
     _check_service(document, account)
     provider_status = required_text(document, "status", max_len=32)
-    amount, currency = _amounts(document, "price", "currency")
+    # `price` is the price of the service, whatever the status: never zero or negative.
+    amount, currency = amount_and_currency(document, "price", "currency")
     callback = CallbackReceived(
         provider="paygol",
         account=account.name,

@@ -24,17 +24,17 @@ from contracts.errors import UnknownCurrency
 from contracts.money import exponent_of, major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers._common import (
+    amount_field,
     any_secret_matches,
     config_error,
+    details_of,
     load_json,
-    major_amount,
     opt_bool,
     opt_str,
     opt_str_list,
     require_secret,
     required_text,
     secrets_of,
-    text_field,
 )
 from ingress.providers.base import (
     Accepted,
@@ -52,6 +52,7 @@ SALT_POSITIONS = ("append", "prepend", "either")
 KINDS = ("payment", "payout", "auto")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 _DETAILS = ("message", "channelCode", "wayCode", "successTime")
+_PAID = frozenset({"0000", "0001"})
 
 
 def _as_text(value: Any) -> str:
@@ -186,13 +187,12 @@ def _callback(
     kind = _kind(account, trade_no)
     status = _status(provider_status, kind)
     currency = opt_str(account, "currency", required=True) or ""
-    amount_text = text_field(document, "amount", required=False, max_len=32)
     # `amount` is what was actually paid; for a partial payment that is not what was asked.
-    paid = major_amount(amount_text, currency) if amount_text is not None else None
+    # Money was paid on 0000 and 0001, so it is positive there; a payin still processing or
+    # failed may report that nothing was paid (zero), never a negative amount.
+    paid = amount_field(document, "amount", currency, zero_ok=provider_status not in _PAID)
     asked = None if provider_status == "0001" else paid
-    details: dict[str, Any] = {
-        k: document[k][:200] for k in _DETAILS if isinstance(document.get(k), str) and document[k]
-    }
+    details = details_of(document, _DETAILS)
     return CallbackReceived(
         provider="paypro",
         account=account.name,

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.config import ProviderAccount
+from contracts.config import PAYSERA_RETRY_SCHEDULE, ProviderAccount
 from contracts.money import major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers._common import (
-    major_amount,
+    amount_and_currency,
+    details_of,
     opt_str,
     request_params,
     required_text,
@@ -36,7 +37,7 @@ __all__ = ["DEFAULT_SOURCE", "PAYSEPRO", "Paysepro"]
 
 DEFAULT_SOURCE = "51.195.200.178"
 # Paysepro documents no retry schedule; the simulator uses Paysera's.
-RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+RETRY_SCHEDULE = PAYSERA_RETRY_SCHEDULE
 _STATUSES: Mapping[str, Status] = {"ok": Status.SUCCEEDED, "ko": Status.PENDING}
 # `email` is the payer's: it stays in `raw` only.
 _DETAILS = ("type", "country")
@@ -63,13 +64,8 @@ class Paysepro:
             if value != opt_str(account, key, required=True):
                 raise Rejected(422, f"wrong {key}", **{key: value[:20]})
         provider_status = required_text(fields, "result", max_len=16)
-        currency = text_field(fields, "currency", required=False, max_len=8)
-        price = text_field(fields, "price", required=False, max_len=32)
-        amount = None
-        if price is not None:
-            if currency is None:
-                raise Rejected(400, "price without currency")
-            amount = major_amount(price, currency)
+        # `price` is what the payment is for, sent alike with `ok` and `ko`: always positive.
+        amount, currency = amount_and_currency(fields, "price", "currency")
         callback = CallbackReceived(
             provider="paysepro",
             account=account.name,
@@ -86,7 +82,7 @@ class Paysepro:
             paid_amount=amount,
             paid_currency=currency,
             test=fields.get("mode") == "debug",
-            details={k: fields[k][:200] for k in _DETAILS if fields.get(k)},
+            details=details_of(fields, _DETAILS),
         )
         return Accepted(callback=callback, ack=Ack())
 

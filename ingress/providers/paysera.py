@@ -11,20 +11,20 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.config import ProviderAccount
+from contracts.config import PAYSERA_RETRY_SCHEDULE, ProviderAccount
 from contracts.money import major_to_minor
 from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers import _paysera_crypto as crypto
 from ingress.providers._common import (
+    amount_and_currency,
     any_secret_matches,
     config_error,
-    minor_amount,
+    details_of,
     opt_bool,
     opt_str,
     opt_str_list,
@@ -45,7 +45,7 @@ from ingress.providers.base import (
 
 __all__ = ["PAYSERA", "Paysera"]
 
-RETRY_SCHEDULE: tuple[float, ...] = (0.0, 3600.0, 10800.0, 86400.0)
+RETRY_SCHEDULE = PAYSERA_RETRY_SCHEDULE
 DEFAULT_SMS_REPLY = "Thank you for your payment."
 _MAX_DATA = 16 * 1024
 
@@ -175,19 +175,11 @@ def _open(params: Mapping[str, str], data: str, account: ProviderAccount) -> byt
 
 
 def _money(
-    fields: Mapping[str, str], amount_key: str, currency_key: str
+    fields: Mapping[str, str], amount_key: str, currency_key: str, *, zero_ok: bool = False
 ) -> tuple[int | None, str | None]:
-    amount = text_field(fields, amount_key, required=False, max_len=32)
-    currency = text_field(fields, currency_key, required=False, max_len=8)
-    if amount is None:
-        return None, currency
-    if currency is None:
-        raise Rejected(400, f"{amount_key} without {currency_key}")
-    return minor_amount(amount, currency), currency
-
-
-def _details(fields: Mapping[str, str], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: fields[k][:200] for k in keys if fields.get(k)}
+    """Minor units (Paysera never sends major ones). No Paysera amount is signed: a refund
+    is its own positive ``refund_amount``."""
+    return amount_and_currency(fields, amount_key, currency_key, minor=True, zero_ok=zero_ok)
 
 
 def _macro(
@@ -197,18 +189,24 @@ def _macro(
     provider_status = required_text(fields, "status", max_len=16)
     # Old protocol versions may lack requestid; the order id is then the only stable key.
     transaction_id = text_field(fields, "requestid", required=False, max_len=64) or order_id
+    # `amount` is what the order asks: positive. `payamount` is what was actually paid, so it
+    # is positive when status 1 says the payment succeeded and may be zero otherwise (not
+    # executed, waiting for funds).
     amount, currency = _money(fields, "amount", "currency")
-    paid_amount, paid_currency = _money(fields, "payamount", "paycurrency")
+    paid_amount, paid_currency = _money(
+        fields, "payamount", "paycurrency", zero_ok=provider_status != "1"
+    )
     status = _STATUSES.get(provider_status, Status.UNRECOGNIZED)
-    details = _details(fields, _MACRO_DETAILS)
+    details = details_of(fields, _MACRO_DETAILS)
     if provider_status == "4":
         details["unconfirmed"] = True
     refund_amount = None
     variant = ""
     if provider_status == "3" and fields.get("refund_timestamp"):
+        # A refund refunds something (positive); its commission may be nothing (zero).
         refund_amount, refund_currency = _money(fields, "refund_amount", "refund_currency")
         commission, commission_currency = _money(
-            fields, "refund_commission_amount", "refund_commission_currency"
+            fields, "refund_commission_amount", "refund_commission_currency", zero_ok=True
         )
         status = _refund_status(
             refund_amount, refund_currency, ((amount, currency), (paid_amount, paid_currency))
@@ -286,7 +284,7 @@ def _micro(
         paid_amount=amount,
         paid_currency=currency,
         test=fields.get("test") == "1",
-        details=_details(fields, _MICRO_DETAILS),
+        details=details_of(fields, _MICRO_DETAILS),
     )
     return callback, Ack(body=b"OK " + reply.encode("utf-8"))
 

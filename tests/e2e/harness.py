@@ -21,6 +21,7 @@ from aiohttp import web
 from contracts.config import Config, Settings
 from contracts.topology import Topology
 from payhook.roles import ROLES, run_roles
+from runtime.health import Health
 
 
 def free_port() -> int:
@@ -44,13 +45,16 @@ def system_settings(database_url: str, amqp_url: str, namespace: str, **extra: A
 
 @contextlib.asynccontextmanager
 async def running_system(
-    settings: Settings, config: Config, roles: tuple[str, ...] = tuple(ROLES)
+    settings: Settings,
+    config: Config,
+    roles: tuple[str, ...] = tuple(ROLES),
+    health: Health | None = None,
 ) -> AsyncIterator[str]:
     """Yields the ingress base URL once it answers ``/readyz``."""
     import aiohttp
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run_roles(settings, config, roles, stop))
+    task = asyncio.create_task(run_roles(settings, config, roles, stop, health))
     base = f"http://{settings.listen_host}:{settings.listen_port}"
     try:
         async with aiohttp.ClientSession() as session:

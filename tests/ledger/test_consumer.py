@@ -16,6 +16,7 @@ import orjson
 from contracts.config import Config, Settings
 from contracts.statuses import Status
 from contracts.topology import Topology
+from tests.roles import role_context
 from workers import amqp
 from workers.ledger.commands import HEADER_REPLAYED, replay_dead
 from workers.ledger.consumer import HEADER_ERROR, run_ledger_worker
@@ -200,7 +201,9 @@ async def test_run_ledger_worker_with_orders_queue(
 ) -> None:
     topology = Topology(namespace)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_ledger_worker(settings, ledger_config, stop))
+    task = asyncio.create_task(
+        run_ledger_worker(role_context("worker.ledger", settings, ledger_config, stop))
+    )
     connection = await amqp.connect(settings.amqp_url, name="ledger-test-publisher")
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -247,11 +250,36 @@ async def test_run_ledger_worker_with_orders_queue(
                 )
             )
             assert outcomes == {"T9": "applied", "T10": "amount_mismatch"}
+
+        # The invalid document was dead-lettered (not dropped) and can be replayed after a fix.
+        async def dead_orders() -> int:
+            # A fresh channel each time: a robust channel answers passive declares from a cache.
+            fresh = await connection.channel()
+            try:
+                queue = await fresh.declare_queue(topology.orders_dead_queue, passive=True)
+                return int(queue.declaration_result.message_count or 0)
+            finally:
+                await fresh.close()
+
+        await eventually(lambda: _equals(dead_orders(), 1))
+        assert await replay_dead(settings, queue="orders") == 1
+        # Still invalid, so it dies again: back in the dead queue, marked as replayed once.
+        await eventually(lambda: _equals(dead_orders(), 1))
+        dead_queue = await channel.get_queue(topology.orders_dead_queue)
+        again = await dead_queue.get(timeout=5)
+        assert again is not None
+        assert again.body == b"{not an order"
+        assert (again.headers or {}).get(HEADER_REPLAYED) == 1
+        await again.ack()
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
         await connection.close()
     task.result()
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
 
 
 async def test_worker_resubscribes_after_the_broker_connection_breaks(

@@ -1,6 +1,6 @@
 """A ledger worker killed with SIGKILL mid-batch, then restarted: same state, nothing twice.
 
-The worker runs as ``python -m workers.ledger`` (PAYHOOK_* environment, a TOML config). The
+The worker runs as ``python -m payhook worker ledger`` (PAYHOOK_* environment, a TOML config). The
 first kill is placed inside a batch's transaction on purpose: the test holds an uncommitted
 outbox row with the id the worker is about to write, so the worker's batch blocks after its
 payments, callbacks and postings are written, and is killed there. The second kill lands
@@ -68,7 +68,11 @@ def _histories(count: int) -> list[list[CallbackReceived]]:
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "workers.ledger"], cwd=REPO, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "payhook", "worker", "ledger"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
 
 
@@ -107,6 +111,7 @@ async def test_sigkill_mid_batch_then_restart_gives_the_same_ledger(
         "PAYHOOK_LEDGER_BATCH_SIZE": "20",
         "PAYHOOK_LEDGER_PREFETCH": "100",
         "PAYHOOK_LOG_LEVEL": "warning",
+        "PAYHOOK_HEALTH_PORT": "0",
     }
     topology = Topology(namespace)
     connection = await amqp.connect(amqp_url, name="ledger-crash-test")

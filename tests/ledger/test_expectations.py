@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from contracts.config import Config, Settings
 from contracts.schema import event_schema
 from contracts.statuses import Status, VerifiedBy
+from tests.roles import role_context
 from workers.ledger.admin import build_admin_app, run_admin
 from workers.ledger.apply import Incoming, Policy, apply_batch
 from workers.ledger.check import check_ledger
@@ -290,7 +291,7 @@ async def test_run_admin_listens_and_stops(
         port = sock.getsockname()[1]
     settings = Settings(database_url=database_url, admin_port=port)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_admin(settings, ledger_config, stop))
+    task = asyncio.create_task(run_admin(role_context("admin", settings, ledger_config, stop)))
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(100):

@@ -69,6 +69,12 @@ def rejected(provider: str, acc: ProviderAccount, request: RawRequest) -> Reject
     raise AssertionError("request was accepted")
 
 
+def refusal(provider: str, acc: ProviderAccount, request: RawRequest) -> tuple[int, str]:
+    """``(status, reason)`` of the refusal: the status alone could come from another check."""
+    exc = rejected(provider, acc, request)
+    return exc.status, exc.reason
+
+
 def simulated(
     provider: str, acc: ProviderAccount, payment: SimulatedPayment
 ) -> tuple[SimulatedRequest, RawRequest]:

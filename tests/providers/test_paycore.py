@@ -11,7 +11,7 @@ from contracts.errors import ConfigError
 from contracts.statuses import Kind, Status
 from ingress.providers.paycore import PAYMENT_STATUSES, PAYOUT_STATUSES, signature
 
-from .helpers import ENV, account, payment, raw, rejected, simulated, verify
+from .helpers import ENV, account, payment, raw, refusal, simulated, verify
 
 EXAMPLE_BODY = (
     b'{"data":{"type":"payment-invoices","id":"cpi_TEST0000000000","attributes":{"status":'
@@ -19,6 +19,7 @@ EXAMPLE_BODY = (
     b'"test_mode":true}}}'
 )
 EXAMPLE_SIG = "eREuX3KJvXSxDIuXa4U+NH2DYwc="
+TEST_MODE_DISAGREES = "test_mode disagrees with the key that signed"
 
 
 def post(body: bytes, sig: str | None) -> RawRequest:
@@ -61,18 +62,16 @@ def test_test_key_must_match_test_mode() -> None:
     # Signed with the test key but claiming live mode.
     body = EXAMPLE_BODY.replace(b'"test_mode":true', b'"test_mode":false')
     sig = signature(ENV["PAYCORE_TEST"], body)
-    exc = rejected("paycore", account("paycore"), post(body, sig))
-    assert exc.status == 422
+    assert refusal("paycore", account("paycore"), post(body, sig)) == (422, TEST_MODE_DISAGREES)
 
 
 def test_live_key_must_match_test_mode() -> None:
-    exc = rejected("paycore", account("paycore"), live(EXAMPLE_BODY))
-    assert exc.status == 422
+    assert refusal("paycore", account("paycore"), live(EXAMPLE_BODY)) == (422, TEST_MODE_DISAGREES)
 
 
 def test_live_only_account_refuses_test_callback() -> None:
     acc = account("paycore", test_key=None)
-    assert rejected("paycore", acc, post(EXAMPLE_BODY, EXAMPLE_SIG)).status == 401
+    assert refusal("paycore", acc, post(EXAMPLE_BODY, EXAMPLE_SIG)) == (401, "bad signature")
 
 
 def test_exact_decimal_amounts() -> None:
@@ -99,19 +98,25 @@ def test_exact_decimal_amounts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("amount", "status"), [("1.234", 400), ('"abc"', 400), ("[1]", 400), ("true", 400)]
+    ("amount", "reason"),
+    [
+        ("1.234", "invalid amount"),
+        ('"abc"', "invalid amount"),
+        ("[1]", "amount is not a number"),
+        ("true", "amount is not a number"),
+    ],
 )
-def test_bad_amounts(amount: str, status: int) -> None:
+def test_bad_amounts(amount: str, reason: str) -> None:
     body = (
         b'{"data":{"type":"payment-invoices","id":"cpi_1","attributes":{"status":"processed",'
         b'"amount":' + amount.encode() + b',"currency":"EUR","test_mode":false}}}'
     )
-    assert rejected("paycore", account("paycore"), live(body)).status == status
+    assert refusal("paycore", account("paycore"), live(body)) == (400, reason)
 
 
 def test_unknown_currency() -> None:
     body = invoice({"status": "processed", "amount": 1, "currency": "ZZZ", "test_mode": False})
-    assert rejected("paycore", account("paycore"), live(body)).status == 422
+    assert refusal("paycore", account("paycore"), live(body)) == (422, "unknown currency")
 
 
 @pytest.mark.parametrize(("code", "expected"), sorted(PAYMENT_STATUSES.items()))
@@ -181,37 +186,43 @@ def test_resend_has_same_id_and_partial_refunds_differ() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "sig", "status"),
+    ("body", "sig", "status", "reason"),
     [
-        (EXAMPLE_BODY, None, 400),
-        (EXAMPLE_BODY, "", 400),
-        (EXAMPLE_BODY, "not base64", 401),
-        (EXAMPLE_BODY, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", 401),
-        (EXAMPLE_BODY + b" ", EXAMPLE_SIG, 401),
-        (EXAMPLE_BODY.replace(b"22", b"23"), EXAMPLE_SIG, 401),
+        (EXAMPLE_BODY, None, 400, "missing X-Signature"),
+        (EXAMPLE_BODY, "", 400, "missing X-Signature"),
+        (EXAMPLE_BODY, "not base64", 401, "bad signature"),
+        (EXAMPLE_BODY, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", 401, "bad signature"),
+        (EXAMPLE_BODY + b" ", EXAMPLE_SIG, 401, "bad signature"),
+        (EXAMPLE_BODY.replace(b"22", b"23"), EXAMPLE_SIG, 401, "bad signature"),
     ],
 )
-def test_rejections(body: bytes, sig: str | None, status: int) -> None:
-    assert rejected("paycore", account("paycore"), post(body, sig)).status == status
+def test_rejections(body: bytes, sig: str | None, status: int, reason: str) -> None:
+    assert refusal("paycore", account("paycore"), post(body, sig)) == (status, reason)
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "reason"),
     [
-        b"",
-        b"null",
-        b"[]",
-        b'{"data":1}',
-        b'{"data":{"attributes":[]}}',
-        b'{"data":{}}',
-        b'{"data":{"type":"payment-invoices","attributes":{"status":"processed"}}}',
-        b'{"data":{"type":"payment-invoices","id":"x","attributes":{"test_mode":"no"}}}',
-        b'{"a":1,"a":2}',
-        b"\xff\xfe",
+        (b"", "body is not valid JSON"),
+        (b"null", "data is not a JSON object"),
+        (b"[]", "data is not a JSON object"),
+        (b'{"data":1}', "data is not a JSON object"),
+        (b'{"data":{"attributes":[]}}', "attributes is not a JSON object"),
+        (b'{"data":{}}', "attributes is not a JSON object"),
+        (
+            b'{"data":{"type":"payment-invoices","attributes":{"status":"processed"}}}',
+            "missing id",
+        ),
+        (
+            b'{"data":{"type":"payment-invoices","id":"x","attributes":{"test_mode":"no"}}}',
+            "test_mode is not a boolean",
+        ),
+        (b'{"a":1,"a":2}', "body is not valid JSON"),  # duplicate keys
+        (b"\xff\xfe", "body is not valid JSON"),
     ],
 )
-def test_malformed_but_signed(body: bytes) -> None:
-    assert rejected("paycore", account("paycore"), live(body)).status == 400
+def test_malformed_but_signed(body: bytes, reason: str) -> None:
+    assert refusal("paycore", account("paycore"), live(body)) == (400, reason)
 
 
 def test_simulated_payout_and_escaped_slashes() -> None:

@@ -15,7 +15,7 @@ from contracts.errors import ConfigError
 from contracts.statuses import Status, VerifiedBy
 from ingress.providers.paygol import canonical_json, php_json
 
-from .helpers import ENV, account, payment, raw, rejected, simulated, verify
+from .helpers import ENV, account, payment, raw, refusal, rejected, simulated, verify
 
 SECRET = ENV["PAYGOL_SECRET"]
 EXAMPLE = {
@@ -122,16 +122,20 @@ def test_v2_statuses(status: str, expected: Status) -> None:
 def test_v2_rejections() -> None:
     acc = account("paygol")
     body = json.dumps(EXAMPLE).encode()
-    assert rejected("paygol", acc, v2(body, None)).status == 400
-    assert rejected("paygol", acc, v2(body, "")).status == 400
-    assert rejected("paygol", acc, v2(body, "zz")).status == 401
-    assert rejected("paygol", acc, v2(body, EXAMPLE_SIG.upper())).status == 401
+    bad = (401, "bad signature")
+    assert refusal("paygol", acc, v2(body, None)) == (400, "missing X-Pg-Sig")
+    assert refusal("paygol", acc, v2(body, "")) == (400, "missing X-Pg-Sig")
+    assert refusal("paygol", acc, v2(body, "zz")) == bad
+    assert refusal("paygol", acc, v2(body, EXAMPLE_SIG.upper())) == bad  # PHP sends lowercase
     wrong = hmac_hex(EXAMPLE_CANONICAL.encode(), "other")
-    assert rejected("paygol", acc, v2(body, wrong)).status == 401
+    assert refusal("paygol", acc, v2(body, wrong)) == bad
     forged = json.dumps({**EXAMPLE, "price": "1000.00"}).encode()
-    assert rejected("paygol", acc, v2(forged, EXAMPLE_SIG)).status == 401
-    assert rejected("paygol", acc, v2(b"{not json", EXAMPLE_SIG)).status == 400
-    assert rejected("paygol", acc, v2(b"[1]", hmac_hex(b"[1]"))).status == 400
+    assert refusal("paygol", acc, v2(forged, EXAMPLE_SIG)) == bad
+    assert refusal("paygol", acc, v2(b"{not json", EXAMPLE_SIG)) == (400, "body is not valid JSON")
+    assert refusal("paygol", acc, v2(b"[1]", hmac_hex(b"[1]"))) == (
+        400,
+        "body is not a JSON object",
+    )
 
 
 def test_v2_wrong_service() -> None:
@@ -144,13 +148,18 @@ def test_v2_wrong_service() -> None:
 def test_v2_unknown_currency() -> None:
     doc = {**EXAMPLE, "currency": "ZZZ"}
     body = json.dumps(doc).encode()
-    exc = rejected("paygol", account("paygol"), v2(body, hmac_hex(body)))
-    assert exc.status == 422
+    assert refusal("paygol", account("paygol"), v2(body, hmac_hex(body))) == (
+        422,
+        "unknown currency",
+    )
 
 
 def test_v2_deep_nesting_is_refused() -> None:
     body = b'{"a":' + b"[" * 500 + b"]" * 500 + b"}"
-    assert rejected("paygol", account("paygol"), v2(body, hmac_hex(body))).status == 400
+    assert refusal("paygol", account("paygol"), v2(body, hmac_hex(body))) == (
+        400,
+        "JSON body nested too deeply",
+    )
 
 
 # --- legacy ------------------------------------------------------------------------------------
@@ -198,23 +207,23 @@ def test_legacy_sms() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "status"),
+    ("change", "status", "reason"),
     [
-        ({"key": "wrong"}, 401),
-        ({"key": ""}, 400),
-        ({"service_id": "999"}, 422),
-        ({"currency": "ZZZ"}, 422),
-        ({"price": "1.234"}, 400),
-        ({"transaction_id": ""}, 400),
+        ({"key": "wrong"}, 401, "wrong key"),
+        ({"key": ""}, 400, "missing key"),
+        ({"service_id": "999"}, 422, "wrong service_id"),
+        ({"currency": "ZZZ"}, 422, "unknown currency"),
+        ({"price": "1.234"}, 400, "invalid amount"),
+        ({"transaction_id": ""}, 400, "missing message_id"),  # then it must be an SMS IPN
     ],
 )
-def test_legacy_rejections(change: dict[str, str], status: int) -> None:
+def test_legacy_rejections(change: dict[str, str], status: int, reason: str) -> None:
     query = urlencode({**LEGACY_WEB, **change})
-    assert rejected("paygol", account("paygol"), raw(query=query)).status == status
+    assert refusal("paygol", account("paygol"), raw(query=query)) == (status, reason)
 
 
 def test_nothing_at_all() -> None:
-    assert rejected("paygol", account("paygol"), raw()).status == 400
+    assert refusal("paygol", account("paygol"), raw()) == (400, "missing key")
 
 
 def test_legacy_only_for_completed() -> None:

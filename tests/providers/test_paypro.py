@@ -12,7 +12,7 @@ from contracts.errors import ConfigError
 from contracts.statuses import Kind, Status
 from ingress.providers.paypro import sign, string_to_sign
 
-from .helpers import ENV, account, payment, raw, rejected, simulated, verify
+from .helpers import ENV, account, payment, raw, refusal, simulated, verify
 
 SECRET = ENV["PAYPRO_SECRET"]
 EXAMPLE: dict[str, Any] = {
@@ -71,7 +71,7 @@ def test_salt_position_setting(position: str, accepted: set[str]) -> None:
             assert (cb.amount, cb.paid_amount, cb.currency) == (3000000, 3000000, "IDR")
             assert cb.details["successTime"] == "2024-07-01 18:34:31"
         else:
-            assert rejected("paypro", acc, request).status == 401
+            assert refusal("paypro", acc, request) == (401, "bad signature")
 
 
 def test_null_and_numbers_are_signed_as_java_prints_them() -> None:
@@ -129,37 +129,43 @@ def test_test_flag_from_account() -> None:
 
 
 @pytest.mark.parametrize(
-    ("doc", "status"),
+    ("doc", "status", "reason"),
     [
-        ({**EXAMPLE}, 400),  # no sign
-        ({**EXAMPLE, "sign": ""}, 400),
-        ({**EXAMPLE, "sign": "xyz"}, 401),
-        ({**EXAMPLE, "sign": APPENDED.upper()}, 401),
-        ({**EXAMPLE, "amount": "30001", "sign": APPENDED}, 401),
+        ({**EXAMPLE}, 400, "missing sign"),
+        ({**EXAMPLE, "sign": ""}, 400, "missing sign"),
+        ({**EXAMPLE, "sign": "xyz"}, 401, "bad signature"),
+        ({**EXAMPLE, "sign": APPENDED.upper()}, 401, "bad signature"),
+        ({**EXAMPLE, "amount": "30001", "sign": APPENDED}, 401, "bad signature"),
     ],
 )
-def test_rejections(doc: dict[str, Any], status: int) -> None:
-    assert rejected("paypro", account("paypro"), notify(doc)).status == status
+def test_rejections(doc: dict[str, Any], status: int, reason: str) -> None:
+    assert refusal("paypro", account("paypro"), notify(doc)) == (status, reason)
 
 
 @pytest.mark.parametrize(
-    ("change", "status"),
+    ("change", "reason"),
     [
-        ({"platFormTradeNo": ""}, 400),
-        ({"tradeNo": None}, 400),
-        ({"amount": "12.345"}, 400),
-        ({"amount": {"x": 1}}, 400),
+        ({"platFormTradeNo": ""}, "missing platFormTradeNo"),
+        ({"tradeNo": None}, "missing tradeNo"),
+        ({"amount": "12.345"}, "invalid amount"),  # IDR has 2 decimals
+        ({"amount": {"x": 1}}, "amount is not a number"),
     ],
 )
-def test_malformed_but_signed(change: dict[str, Any], status: int) -> None:
+def test_malformed_but_signed(change: dict[str, Any], reason: str) -> None:
     doc = {k: v for k, v in {**EXAMPLE, **change}.items() if v is not None}
-    assert rejected("paypro", account("paypro"), signed(doc)).status == status
+    assert refusal("paypro", account("paypro"), signed(doc)) == (400, reason)
 
 
 def test_malformed_bodies() -> None:
     acc = account("paypro")
-    for body in (b"", b"[]", b"OK", b'{"sign":1}', b"\x00"):
-        assert rejected("paypro", acc, raw("POST", body=body)).status == 400
+    for body, reason in (
+        (b"", "body is not valid JSON"),
+        (b"[]", "body is not a JSON object"),
+        (b"OK", "body is not valid JSON"),
+        (b'{"sign":1}', "missing sign"),
+        (b"\x00", "body is not valid JSON"),
+    ):
+        assert refusal("paypro", acc, raw("POST", body=body)) == (400, reason)
 
 
 def test_simulator_uses_configured_position() -> None:

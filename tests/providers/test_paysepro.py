@@ -10,7 +10,9 @@ from contracts.errors import ConfigError
 from contracts.statuses import Status, VerifiedBy
 from ingress.providers.paysepro import DEFAULT_SOURCE
 
-from .helpers import account, payment, raw, rejected, simulated, verify
+from .helpers import account, payment, raw, refusal, simulated, verify
+
+NOT_ALLOWED = (403, "source address not allowed")
 
 EXAMPLE = {
     "uid": "12345",
@@ -68,34 +70,34 @@ def test_live_mode() -> None:
 
 @pytest.mark.parametrize("remote", ["203.0.113.7", "51.195.200.179", "", "not-an-ip"])
 def test_other_sources_refused_by_default(remote: str) -> None:
-    assert (
-        rejected("paysepro", account("paysepro"), raw(query=query(), remote=remote)).status == 403
+    assert refusal("paysepro", account("paysepro"), raw(query=query(), remote=remote)) == (
+        NOT_ALLOWED
     )
 
 
 def test_account_allow_list_replaces_default() -> None:
     acc = account("paysepro", allowed_ips=["10.0.0.0/8"])
     assert verify("paysepro", acc, raw(query=query(), remote="10.1.2.3")).callback
-    assert rejected("paysepro", acc, raw(query=query(), remote=DEFAULT_SOURCE)).status == 403
+    assert refusal("paysepro", acc, raw(query=query(), remote=DEFAULT_SOURCE)) == NOT_ALLOWED
 
 
 @pytest.mark.parametrize(
-    ("change", "status"),
+    ("change", "status", "reason"),
     [
-        ({"uid": "99999"}, 422),
-        ({"mid": "1"}, 422),
-        ({"uid": "-"}, 400),
-        ({"code": "-"}, 400),
-        ({"result": "-"}, 400),
-        ({"currency": "ZZZ"}, 422),
-        ({"currency": "-"}, 400),
-        ({"price": "ten"}, 400),
-        ({"price": "10.001"}, 400),
+        ({"uid": "99999"}, 422, "wrong uid"),
+        ({"mid": "1"}, 422, "wrong mid"),
+        ({"uid": "-"}, 400, "missing uid"),
+        ({"code": "-"}, 400, "missing code"),
+        ({"result": "-"}, 400, "missing result"),
+        ({"currency": "ZZZ"}, 422, "unknown currency"),
+        ({"currency": "-"}, 400, "price without currency"),
+        ({"price": "ten"}, 400, "invalid amount"),
+        ({"price": "10.001"}, 400, "invalid amount"),
     ],
 )
-def test_rejections(change: dict[str, str], status: int) -> None:
+def test_rejections(change: dict[str, str], status: int, reason: str) -> None:
     request = raw(query=query(**change), remote=DEFAULT_SOURCE)
-    assert rejected("paysepro", account("paysepro"), request).status == status
+    assert refusal("paysepro", account("paysepro"), request) == (status, reason)
 
 
 def test_simulator_claims_the_default_source() -> None:

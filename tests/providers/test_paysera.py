@@ -20,7 +20,10 @@ from contracts.statuses import Kind, Status, VerifiedBy
 from ingress.providers import _paysera_crypto as crypto
 from ingress.providers.paysera import DEFAULT_SMS_REPLY
 
-from .helpers import ENV, account, payment, raw, rejected, simulated, verify
+from .helpers import ENV, account, payment, raw, refusal, rejected, simulated, verify
+
+BAD_SIGNATURE = (401, "bad signature")
+BAD_ENCRYPTED = (401, "bad encrypted data")
 
 PASSWORD = ENV["PAYSERA_PASSWORD"]
 EXAMPLE_QUERY = (
@@ -150,7 +153,7 @@ def test_pinned_public_key_fingerprint() -> None:
 
 def test_rsa_signature_against_pinned_key_fails(rsa_key: rsa.RSAPrivateKey) -> None:
     query = signed_query(rsa_key, EXAMPLE_DATA)
-    assert rejected("paysera", account("paysera"), raw(query=query)).status == 401
+    assert refusal("paysera", account("paysera"), raw(query=query)) == BAD_SIGNATURE
 
 
 # --- ss2 / ss3 with a throwaway key ------------------------------------------------------------
@@ -175,18 +178,18 @@ def test_ss3_decides_when_both_present(rsa_key: rsa.RSAPrivateKey, key_files: Pa
     good_ss2 = crypto.rsa_sign(rsa_key, EXAMPLE_DATA, sha256=False)
     bad_ss3 = crypto.rsa_sign(rsa_key, EXAMPLE_DATA + "x", sha256=True)
     query = urlencode({"data": EXAMPLE_DATA, "ss2": good_ss2, "ss3": bad_ss3})
-    assert rejected("paysera", rsa_account(key_files), raw(query=query)).status == 401
+    assert refusal("paysera", rsa_account(key_files), raw(query=query)) == BAD_SIGNATURE
 
 
 def test_ss2_with_wrong_hash_is_refused(rsa_key: rsa.RSAPrivateKey, key_files: Path) -> None:
     sha256_sig = crypto.rsa_sign(rsa_key, EXAMPLE_DATA, sha256=True)
     query = urlencode({"data": EXAMPLE_DATA, "ss2": sha256_sig})
-    assert rejected("paysera", rsa_account(key_files), raw(query=query)).status == 401
+    assert refusal("paysera", rsa_account(key_files), raw(query=query)) == BAD_SIGNATURE
 
 
 def test_tampered_data_is_refused(rsa_key: rsa.RSAPrivateKey, key_files: Path) -> None:
     query = signed_query(rsa_key, EXAMPLE_DATA).replace("cHJvamVjdGlk", "cHJvamVjdGlj", 1)
-    assert rejected("paysera", rsa_account(key_files), raw(query=query)).status == 401
+    assert refusal("paysera", rsa_account(key_files), raw(query=query)) == BAD_SIGNATURE
 
 
 def test_simulator_can_sign_ss3(rsa_key: rsa.RSAPrivateKey, key_files: Path) -> None:
@@ -202,40 +205,45 @@ def test_simulator_can_sign_ss3(rsa_key: rsa.RSAPrivateKey, key_files: Path) -> 
 
 def test_ss1_refused_unless_allowed() -> None:
     query = urlencode({"data": EXAMPLE_DATA, "ss1": EXAMPLE_SS1})
-    assert rejected("paysera", account("paysera"), raw(query=query)).status == 401
+    assert refusal("paysera", account("paysera"), raw(query=query)) == (
+        401,
+        "ss1 signatures are not accepted for this account",
+    )
 
 
 def test_wrong_ss1() -> None:
     query = urlencode({"data": EXAMPLE_DATA, "ss1": "0" * 32})
-    assert rejected("paysera", account("paysera", allow_ss1=True), raw(query=query)).status == 401
+    assert refusal("paysera", account("paysera", allow_ss1=True), raw(query=query)) == (
+        BAD_SIGNATURE
+    )
 
 
 @pytest.mark.parametrize(
-    ("query", "status"),
+    ("query", "refused"),
     [
-        ("", 400),
-        ("ss1=abc", 400),
-        ("data=", 400),
-        ("data=%%%", 400),
-        ("data=!!!!", 400),  # not base64
-        ("data=" + "A" * 40, 401),  # base64, but the GCM tag fails
-        ("data=%ff%fe", 400),  # not UTF-8
+        ("", (400, "missing data")),
+        ("ss1=abc", (400, "missing data")),
+        ("data=", (400, "missing data")),
+        ("data=%%%", (400, "undecodable data")),
+        ("data=!!!!", (400, "undecodable data")),  # not base64
+        ("data=" + "A" * 40, BAD_ENCRYPTED),  # base64, but the GCM tag fails
+        ("data=%ff%fe", (400, "query is malformed")),  # not UTF-8
     ],
 )
-def test_malformed(query: str, status: int) -> None:
-    assert rejected("paysera", account("paysera"), raw(query=query)).status == status
+def test_malformed(query: str, refused: tuple[int, str]) -> None:
+    assert refusal("paysera", account("paysera"), raw(query=query)) == refused
 
 
 def test_encrypted_tampered() -> None:
     tampered = "AAECAwQFBgcICQoL9LV_cnOm3FZVYocBGQBTNV-F" + EXAMPLE_ENCRYPTED[40:].replace(
         "F", "G", 1
     )
-    assert rejected("paysera", account("paysera"), raw(query=f"data={tampered}")).status == 401
+    assert refusal("paysera", account("paysera"), raw(query=f"data={tampered}")) == BAD_ENCRYPTED
 
 
 def test_encrypted_with_other_password() -> None:
     acc = account("paysera", password="env:PAYSERA_PASSWORD_NEXT")
-    assert rejected("paysera", acc, raw(query=f"data={EXAMPLE_ENCRYPTED}")).status == 401
+    assert refusal("paysera", acc, raw(query=f"data={EXAMPLE_ENCRYPTED}")) == BAD_ENCRYPTED
 
 
 def test_wrong_project() -> None:
@@ -250,17 +258,17 @@ def encrypted_query(fields: str) -> str:
 
 def test_missing_projectid() -> None:
     query = encrypted_query("orderid=1&status=1&requestid=5")
-    assert rejected("paysera", account("paysera"), raw(query=query)).status == 400
+    assert refusal("paysera", account("paysera"), raw(query=query)) == (400, "missing projectid")
 
 
 def test_unknown_currency() -> None:
     query = encrypted_query("projectid=123456&orderid=1&status=1&amount=100&currency=XYZ")
-    assert rejected("paysera", account("paysera"), raw(query=query)).status == 422
+    assert refusal("paysera", account("paysera"), raw(query=query)) == (422, "unknown currency")
 
 
 def test_amount_not_integer() -> None:
     query = encrypted_query("projectid=123456&orderid=1&status=1&amount=1.5&currency=EUR")
-    assert rejected("paysera", account("paysera"), raw(query=query)).status == 400
+    assert refusal("paysera", account("paysera"), raw(query=query)) == (400, "invalid amount")
 
 
 # --- statuses ---------------------------------------------------------------------------------

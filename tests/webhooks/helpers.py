@@ -28,6 +28,7 @@ from contracts.config import Config, Settings, parse_config
 from contracts.events import build_event, encode_event, routing_key
 from contracts.statuses import Kind, Status, VerifiedBy
 from contracts.topology import HEADER_CORRELATION_ID, Topology
+from tests.roles import role_context
 from workers import amqp, db
 from workers.webhooks.commands import register
 from workers.webhooks.consumer import run_webhook_worker
@@ -263,7 +264,9 @@ async def declare(amqp_url: str, namespace: str, schedule: Iterable[float], jani
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings, config: Config) -> AsyncIterator[asyncio.Task[None]]:
     stop = asyncio.Event()
-    task = asyncio.create_task(run_webhook_worker(settings, config, stop))
+    task = asyncio.create_task(
+        run_webhook_worker(role_context("worker.webhooks", settings, config, stop))
+    )
     try:
         yield task
     finally:

@@ -1,6 +1,6 @@
 """Delays live in RabbitMQ, not in the worker: kill -9 it (and restart the broker) meanwhile.
 
-The worker runs as a subprocess (``python -m workers.webhooks``) so it can really be killed.
+The worker runs as a subprocess (``python -m payhook worker webhooks``) so it can really be killed.
 """
 
 from __future__ import annotations
@@ -62,7 +62,15 @@ async def worker_process(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers.webhooks", cwd=REPO, env=env, stdout=out, stderr=out
+            sys.executable,
+            "-m",
+            "payhook",
+            "worker",
+            "webhooks",
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     try:
         yield proc
@@ -114,6 +122,7 @@ async def kill_while_waiting(
                 "PAYHOOK_AMQP_NAMESPACE": namespace,
                 "PAYHOOK_CONFIG_PATH": str(tmp_path / "payhook.toml"),
                 "PAYHOOK_SHUTDOWN_GRACE_S": "3",
+                "PAYHOOK_HEALTH_PORT": "0",
             }
         )
         async with worker_process(env, log) as first:

@@ -8,13 +8,16 @@ tokens configured every request is refused.
                                         201 created, 200 unchanged/updated, 409 conflict, 400
     GET  /payments/<provider>/<txid>    the payment(s) with history and postings (?account=A)
     GET  /healthz                       200 while the process runs
+
+It listens from the start, also while Postgres is away: requests that need the database are
+answered 503 (``database unavailable``) until it is back, so a caller knows to try again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -22,18 +25,28 @@ import orjson
 import structlog
 from aiohttp import web
 
-from contracts.config import Config, Settings
-from workers import db
+from contracts.config import Config
+from runtime import database
+from runtime.errors import describe, is_database_outage
+from runtime.process import RoleContext
 from workers.ledger.apply import Policy
 from workers.ledger.expectations import InvalidExpectation, parse_expectation
 from workers.ledger.orders import register_order
 from workers.ledger.queries import payment_details
 
-__all__ = ["CONFIG", "POOL", "build_admin_app", "run_admin"]
+__all__ = ["CONFIG", "POOL", "PoolRef", "build_admin_app", "run_admin"]
 
 log = structlog.get_logger(__name__)
 
-POOL = web.AppKey("ledger_pool", asyncpg.Pool)
+
+@dataclass(slots=True)
+class PoolRef:
+    """The pool once Postgres answered (``None`` until then)."""
+
+    pool: asyncpg.Pool[Any] | None = None
+
+
+POOL = web.AppKey("ledger_pool", PoolRef)
 CONFIG = web.AppKey("ledger_config", Config)
 POLICY = web.AppKey("ledger_policy", Policy)
 
@@ -68,6 +81,24 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return _json({"error": "unauthorized"}, status=401)
 
 
+@web.middleware
+async def _database_outage(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as exc:
+        if not is_database_outage(exc):
+            raise
+        log.warning("ledger.admin_database_unavailable", path=request.path, reason=describe(exc))
+        return _json({"error": "database unavailable"}, status=503)
+
+
+def _pool(request: web.Request) -> asyncpg.Pool[Any]:
+    pool = request.app[POOL].pool
+    if pool is None:
+        raise ConnectionRefusedError("not connected to Postgres yet")
+    return pool
+
+
 async def _orders(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > _MAX_BODY:
         return _json({"error": "body too large"}, status=413)
@@ -76,7 +107,7 @@ async def _orders(request: web.Request) -> web.Response:
         expectation = parse_expectation(data, request.app[CONFIG])
     except (orjson.JSONDecodeError, InvalidExpectation) as exc:
         return _json({"error": str(exc)}, status=400)
-    result, released = await register_order(request.app[POOL], expectation, request.app[POLICY])
+    result, released = await register_order(_pool(request), expectation, request.app[POLICY])
     log.info(
         "ledger.order_registered",
         provider=expectation.provider,
@@ -92,7 +123,7 @@ async def _orders(request: web.Request) -> web.Response:
 async def _payment(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     txid = request.match_info["transaction_id"]
-    async with request.app[POOL].acquire() as conn:
+    async with _pool(request).acquire() as conn:
         found = await payment_details(conn, provider, txid, request.query.get("account"))
     if not found:
         return _json({"error": "no such payment"}, status=404)
@@ -103,9 +134,9 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def build_admin_app(pool: asyncpg.Pool[Any], config: Config) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=_MAX_BODY)
-    app[POOL] = pool
+def build_admin_app(pool: asyncpg.Pool[Any] | None, config: Config) -> web.Application:
+    app = web.Application(middlewares=[_auth, _database_outage], client_max_size=_MAX_BODY)
+    app[POOL] = PoolRef(pool)
     app[CONFIG] = config
     # Derived once: it is what releasing held callbacks decides them under.
     app[POLICY] = Policy.from_config(config)
@@ -115,22 +146,27 @@ def build_admin_app(pool: asyncpg.Pool[Any], config: Config) -> web.Application:
     return app
 
 
-async def run_admin(settings: Settings, config: Config, stop: asyncio.Event) -> None:
-    """Serve the admin listener until ``stop``."""
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
-    runner = web.AppRunner(build_admin_app(pool, config), access_log=None)
+async def run_admin(ctx: RoleContext) -> None:
+    """Serve the admin listener until ``ctx.stop``; the pool arrives when Postgres answers."""
+    settings, config = ctx.settings, ctx.config
+    app = build_admin_app(None, config)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s
+    )
+    await runner.setup()
+    pool: asyncpg.Pool[Any] | None = None
     try:
-        await runner.setup()
         site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
         await site.start()
         log.info("ledger.admin_started", host=settings.admin_host, port=settings.admin_port)
         if not config.admin_tokens:
             log.warning("ledger.admin_without_tokens", hint="set [admin] tokens; all refused")
-        await stop.wait()
+        pool = await database.open_pool(
+            settings.database_url, ctx.stop, ctx.dependency("postgres"), min_size=1, max_size=4
+        )
+        app[POOL].pool = pool
+        await ctx.stop.wait()
     finally:
         await runner.cleanup()
-        try:
-            async with asyncio.timeout(5):
-                await pool.close()
-        except TimeoutError:
-            pool.terminate()
+        if pool is not None:
+            await database.close_pool(pool)

@@ -3,7 +3,8 @@
     payhook payments show <provider> <transaction-id> [--account A] [--json]
     payhook ledger balances [--merchant M] [--json]
     payhook ledger check [--json]          exit 1 on any breached invariant
-    payhook ledger replay-dead [--limit N] move <ns>.ledger.dead back to <ns>.ledger
+    payhook ledger replay-dead [--limit N] [--queue ledger|orders]
+                                        move <ns>.ledger.dead (or <ns>.orders.dead) back
 
 ``replay-dead`` is for after a fix: the messages go back to the ledger queue with their
 headers (minus the dead-letter bookkeeping), and are applied as if new; those already
@@ -73,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=check_command)
     p = lsub.add_parser("replay-dead", help="move dead-lettered messages back to the ledger")
     p.add_argument("--limit", type=int, help="at most this many (default: all there now)")
+    p.add_argument(
+        "--queue",
+        choices=sorted(_DEAD_QUEUES),
+        default="ledger",
+        help="whose dead letters: callbacks (ledger, default) or order expectations (orders)",
+    )
     p.set_defaults(handler=replay_dead_command)
 
 
@@ -190,15 +197,23 @@ async def check_command(args: argparse.Namespace, settings: Settings, _: ConfigL
     return 0 if report.ok else 1
 
 
-async def replay_dead(settings: Settings, limit: int | None = None) -> int:
-    """Move up to ``limit`` messages (default: those there now) from the dead queue back."""
+# dead-letter queue -> the queue its messages came from
+_DEAD_QUEUES: dict[str, Callable[[Topology], tuple[str, str]]] = {
+    "ledger": lambda t: (t.ledger_dead_queue, t.ledger_queue),
+    "orders": lambda t: (t.orders_dead_queue, t.orders_queue),
+}
+
+
+async def replay_dead(settings: Settings, limit: int | None = None, queue: str = "ledger") -> int:
+    """Move up to ``limit`` messages (default: those there now) from a dead queue back."""
     topology = Topology(settings.amqp_namespace)
+    dead_name, target = _DEAD_QUEUES[queue](topology)
     connection = await amqp.connect(settings.amqp_url, name="payhook-ledger-replay-dead")
     moved = 0
     try:
         channel = await connection.channel(publisher_confirms=True)
         await amqp.declare_topology(channel, topology)
-        dead = await channel.declare_queue(topology.ledger_dead_queue, passive=True)
+        dead = await channel.declare_queue(dead_name, passive=True)
         # Only what is there now: a message that dies again while we run waits for next time.
         there = dead.declaration_result.message_count or 0
         budget = there if limit is None else min(limit, there)
@@ -218,7 +233,7 @@ async def replay_dead(settings: Settings, limit: int | None = None) -> int:
                     correlation_id=message.correlation_id,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 ),
-                routing_key=topology.ledger_queue,
+                routing_key=target,
             )
             await message.ack()  # only after the broker confirmed the copy
             moved += 1
@@ -228,6 +243,7 @@ async def replay_dead(settings: Settings, limit: int | None = None) -> int:
 
 
 async def replay_dead_command(args: argparse.Namespace, settings: Settings, _: ConfigLoader) -> int:
-    moved = await replay_dead(settings, args.limit)
-    print(f"replayed {moved} message(s) from {Topology(settings.amqp_namespace).ledger_dead_queue}")
+    moved = await replay_dead(settings, args.limit, args.queue)
+    dead_name = _DEAD_QUEUES[args.queue](Topology(settings.amqp_namespace))[0]
+    print(f"replayed {moved} message(s) from {dead_name}")
     return 0

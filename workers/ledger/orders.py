@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from contracts.callbacks import CallbackReceived, decode_callback
 from contracts.config import Config
 from contracts.topology import Topology
+from runtime.consume import handle_message
+from runtime.errors import PermanentFailure
 from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_with_retry
 from workers.ledger.decide import RELEASE_MARK
 from workers.ledger.expectations import (
@@ -104,29 +107,23 @@ async def consume_orders(
     pool: asyncpg.Pool[Any],
     config: Config,
     stop: asyncio.Event,
-) -> None:
-    """Register expectations from ``<ns>.orders`` until ``stop``; ack after the commit.
+    lost: asyncio.Event,
+) -> Callable[[], Awaitable[None]]:
+    """Register expectations from ``<ns>.orders``; returns the coroutine function that stops it.
 
-    An invalid document is rejected (the orders queue has no dead-letter exchange, so it is
-    dropped) with a log line; a database error requeues the message.
+    Ack after the commit. An invalid document is a permanent failure (dead-lettered to
+    ``<ns>.orders.dead`` with a log line saying why); a database outage is waited out with the
+    message held (``runtime.consume``).
     """
     queue = await channel.get_queue(topology.orders_queue, ensure=False)
     policy = Policy.from_config(config)
 
-    async def on_message(message: AbstractIncomingMessage) -> None:
+    async def register(message: AbstractIncomingMessage) -> None:
         try:
             exp = parse_expectation(orjson.loads(message.body), config)
         except (orjson.JSONDecodeError, InvalidExpectation) as exc:
-            log.warning("ledger.order_rejected", reason=str(exc), message_id=message.message_id)
-            await message.reject(requeue=False)
-            return
-        try:
-            result, _ = await register_order(pool, exp, policy)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            log.warning("ledger.order_retry", error=repr(exc), order_id=exp.order_id)
-            await asyncio.sleep(1.0)
-            await message.nack(requeue=True)
-            return
+            raise PermanentFailure(f"invalid order expectation: {exc}") from None
+        result, _ = await register_order(pool, exp, policy)
         (log.warning if result == "conflict" else log.info)(
             "ledger.order_registered",
             provider=exp.provider,
@@ -134,11 +131,14 @@ async def consume_orders(
             order_id=exp.order_id,
             result=result,
         )
-        await message.ack()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        await handle_message(message, register, stop=stop, lost=lost)
 
     tag = await queue.consume(on_message, no_ack=False)
-    try:
-        await stop.wait()
-    finally:
+
+    async def cancel() -> None:
         with contextlib.suppress(Exception):
             await queue.cancel(tag)
+
+    return cancel

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from contracts.statuses import Kind
+from contracts.topology import OUTBOX_CHANNEL  # the relay LISTENs here
 from workers.ledger.conn import Conn
 from workers.ledger.decide import Payment
 from workers.ledger.expectations import Expectation
@@ -40,7 +41,6 @@ __all__ = [
     "update_payments",
 ]
 
-OUTBOX_CHANNEL = "payhook_outbox"  # the relay LISTENs here (workers/relay.py)
 
 # Fixed forever: payment ids are derived from it, so changing it would orphan every row.
 _PAYMENT_NAMESPACE = uuid.UUID("0b7f3c52-7f7e-5b8e-a3c4-2f1d9a6e4c10")

@@ -19,13 +19,18 @@ For each (event, merchant), in order:
 A crash anywhere leaves the message unacked; its redelivery resumes at the right step, so
 the schedule neither loses a delivery nor runs an attempt twice (short of a crash during the
 HTTP call itself, which may repeat that one call: merchants dedupe on ``webhook-id``).
+
+Outcomes are settled by ``runtime.consume``: a Postgres or RabbitMQ outage holds the message
+and retries it once the server is back (or leaves it to the broker if the connection went);
+an unexpected error requeues it, and the queue's delivery limit dead-letters a message that
+keeps failing to ``<ns>.webhooks.dead``, so nothing loops for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -33,11 +38,24 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts.config import Config, Merchant, Settings
+from contracts.config import Config, Merchant
 from contracts.errors import DecodeError
 from contracts.events import decode_event
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
-from workers import amqp, db
+from runtime import database
+from runtime.batching import Coalescer
+from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.consume import handle_message
+from runtime.metrics import refresh_periodically
+from runtime.process import RoleContext
+from workers.metrics import (
+    BREAKER_STATES,
+    WEBHOOK_BREAKER,
+    WEBHOOK_DELIVERY_SECONDS,
+    refresh_deliveries,
+    seconds_since,
+    webhook_attempt,
+)
 from workers.webhooks import store
 from workers.webhooks.delivery import (
     AttemptResult,
@@ -52,8 +70,6 @@ from workers.webhooks.retry import Action, Outcome, Plan, plan_next
 __all__ = ["WebhookWorker", "run_webhook_worker", "subscribed"]
 
 log = structlog.get_logger(__name__)
-
-_ERROR_BACKOFF_S = 1.0
 
 
 def subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
@@ -93,20 +109,54 @@ class WebhookWorker:
         self,
         config: Config,
         pool: asyncpg.Pool[Any],
-        publisher: Publisher,
+        publisher: Publisher | None,
         endpoints: EndpointRegistry,
         stop: asyncio.Event,
         busy_delay_s: float = 0.0,
+        prefetch: int = 0,
     ) -> None:
         self.config = config
         self.busy_delay_s = busy_delay_s
+        # An endpoint may hold up to half the prefetch (at least twice its max_in_flight) in
+        # waiting or running deliveries before further ones hop through the broker: a fast
+        # merchant is served at full speed, a hanging one cannot take more than half.
+        self.wait_limit = prefetch // 2
         self.schedule = config.webhook_schedule
         self.pool = pool
-        self.publisher = publisher
+        self._publisher = publisher
         self.endpoints = endpoints
         self.stop = stop
+        # Set when the broker session the current messages came from is lost.
+        self.lost = asyncio.Event()
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = False
+        # Concurrent deliveries share their Postgres round trips: one lookup and one write
+        # statement for all that reach that step in the same turn of the loop.
+        self._lookups: Coalescer[store.AttemptKey, store.Lookup] = Coalescer(
+            lambda keys: store.lookup_many(self.pool, keys)
+        )
+        self._records: Coalescer[store.Finished, None] = Coalescer(
+            lambda items: store.record_attempts(self.pool, items)
+        )
+
+    def export_metrics(self) -> None:
+        """Count attempts, and read each merchant's breaker state at every scrape."""
+        self.metrics = True
+        for merchant_id in self.config.merchants:
+            endpoint = self.endpoints.get(merchant_id)
+            if endpoint is not None:
+                WEBHOOK_BREAKER.labels(merchant_id).set_function(_breaker_state(endpoint))
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise ConnectionRefusedError("no broker session")  # an outage: waited out
+        return self._publisher
+
+    def attach(self, publisher: Publisher, lost: asyncio.Event) -> None:
+        """Use a new broker session's publisher from now on."""
+        self._publisher, self.lost = publisher, lost
 
     # -- message handling ------------------------------------------------------------------
 
@@ -117,15 +167,10 @@ class WebhookWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
+        async def process(message: AbstractIncomingMessage) -> None:
             await self.process(message.body, message.headers or {})
-        except Exception:
-            log.exception("webhooks.message_failed", message_id=message.message_id)
-            # Back off so a broken dependency is not hammered, then let the broker redeliver.
-            await _sleep_or_stop(self.stop, _ERROR_BACKOFF_S)
-            await _settle(message.nack(requeue=True))
-            return
-        await _settle(message.ack())
+
+        await handle_message(message, process, stop=self.stop, lost=self.lost)
 
     async def process(self, body: bytes, headers: Mapping[str, Any]) -> None:
         """Handle one message body; returns when it may be acked, raises when it may not."""
@@ -180,14 +225,17 @@ class WebhookWorker:
                 await self._deliver(job)
 
     async def _deliver(self, job: Job) -> None:
-        state = await store.open_delivery(
-            self.pool, job.event_id, job.merchant, job.event_type, job.round
-        )
-        if job.round < state.round:
-            log.info("webhooks.stale_message", current_round=state.round)
-            return
         key = job.key()
-        record = await store.get_attempt(self.pool, key)
+        found = await self._lookups.submit(key)
+        if job.round < found.round:
+            log.info("webhooks.stale_message", current_round=found.round)
+            return
+        if found.exists and job.round > found.round:
+            # An operator's replay whose round the table does not know yet: move it on.
+            await store.open_delivery(
+                self.pool, job.event_id, job.merchant, job.event_type, job.round
+            )
+        record = found.record
         if record is not None and record.finished:
             if record.plan is not None and not record.followed_up:
                 log.info("webhooks.resuming_follow_up", next=record.plan.action.value)
@@ -197,16 +245,23 @@ class WebhookWorker:
             return
 
         merchant = self.config.merchants.get(job.merchant)
-        disabled = _disabled_reason(merchant, state.disabled_reason)
+        disabled = _disabled_reason(merchant, found.disabled_reason)
         endpoint = self.endpoints.get(job.merchant)
         if disabled is not None or endpoint is None:
             reason = disabled or "unknown merchant"
+            await store.open_delivery(
+                self.pool, job.event_id, job.merchant, job.event_type, job.round
+            )
             await store.park_delivery(self.pool, job.event_id, job.merchant, job.round, reason)
             await self.publisher.dead(job, f"parked: {reason}")
             log.warning("webhooks.parked", reason=reason)
             return
 
-        if self.busy_delay_s > 0 and endpoint.saturated() and endpoint.breaker.state != "open":
+        if (
+            self.busy_delay_s > 0
+            and endpoint.saturated(self.wait_limit)
+            and endpoint.breaker.state != "open"
+        ):
             # Not an attempt: the same step comes back after a short hop through a delay
             # queue, so this message's prefetch slot is free for other merchants meanwhile.
             # (An open breaker needs no hop: the skip below costs no waiting.)
@@ -215,6 +270,12 @@ class WebhookWorker:
             return
 
         result = await self._attempt(endpoint, key, job)
+        if self.metrics:
+            webhook_attempt(job.merchant, result.status_code, result.error_class)
+            if result.outcome is Outcome.DELIVERED:
+                took = seconds_since(str(job.event.get("time", "")))
+                if took is not None:
+                    WEBHOOK_DELIVERY_SECONDS.labels(job.merchant).observe(max(0.0, took))
         plan = plan_next(job.attempt, result.outcome, self.schedule, result.retry_after)
         finished = store.FinishedAttempt(
             result.outcome,
@@ -223,7 +284,10 @@ class WebhookWorker:
             result.response_body,
             result.duration_ms,
         )
-        await store.finish_attempt(self.pool, key, finished, plan)
+        if result.outcome is Outcome.GONE:
+            await store.record_attempt(self.pool, key, job.event_type, finished, plan)
+        else:
+            await self._records.submit((key, job.event_type, finished, plan))
         log.info(
             "webhooks.attempted",
             outcome=result.outcome.value,
@@ -247,7 +311,6 @@ class WebhookWorker:
                 if not breaker.allow():
                     return await self._skip(key)
                 try:
-                    await store.start_attempt(self.pool, key)
                     result = await post_event(endpoint, job.event_id, canonical_body(job.event))
                 except BaseException:
                     breaker.release()
@@ -263,7 +326,6 @@ class WebhookWorker:
         return result
 
     async def _skip(self, key: store.AttemptKey) -> AttemptResult:
-        await store.start_attempt(self.pool, key)
         return AttemptResult(Outcome.FAILED, error_class="circuit_open")
 
     async def _follow_up(self, job: Job, key: store.AttemptKey, plan: Plan) -> None:
@@ -276,6 +338,8 @@ class WebhookWorker:
         elif plan.action is Action.PARK:
             await self.publisher.dead(job, "parked: 410 Gone")
             log.warning("webhooks.endpoint_gone")
+        else:
+            return  # delivered: record_attempt marked it followed up already
         await store.mark_followed_up(self.pool, key)
 
     # -- shutdown --------------------------------------------------------------------------
@@ -292,6 +356,10 @@ class WebhookWorker:
             await asyncio.wait(pending, timeout=1.0)
 
 
+def _breaker_state(endpoint: Endpoint) -> Callable[[], float]:
+    return lambda: float(BREAKER_STATES.get(endpoint.breaker.state, -1))
+
+
 def _disabled_reason(merchant: Merchant | None, endpoint_reason: str | None) -> str | None:
     if endpoint_reason is not None:
         return f"endpoint disabled: {endpoint_reason}"
@@ -300,56 +368,62 @@ def _disabled_reason(merchant: Merchant | None, endpoint_reason: str | None) -> 
     return None
 
 
-async def _settle(action: Awaitable[None]) -> None:
-    """Ack/nack; on a channel lost meanwhile the broker redelivers, which step 2 absorbs."""
-    try:
-        await action
-    except Exception as exc:  # any failure here means "the broker redelivers"
-        log.info("webhooks.settle_failed", error=type(exc).__name__)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-
-
-async def run_webhook_worker(settings: Settings, config: Config, stop: asyncio.Event) -> None:
-    """Run the webhook worker until ``stop`` is set, then shut down gracefully."""
+async def run_webhook_worker(ctx: RoleContext) -> None:
+    """The webhook worker until ``ctx.stop``, then a graceful shutdown."""
+    settings, config, stop = ctx.settings, ctx.config, ctx.stop
     topology = Topology(settings.amqp_namespace)
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+    pool = await database.open_pool(
+        settings.database_url, stop, ctx.dependency("postgres"), min_size=1, max_size=10
+    )
+    if pool is None:
+        return
     endpoints = EndpointRegistry(config.merchants)
-    try:
-        connection = await amqp.connect(settings.amqp_url, name="payhook-webhooks")
-    except BaseException:
-        await pool.close()
-        raise
-    worker: WebhookWorker | None = None
-    try:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=settings.webhook_prefetch)
-        delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
-        await amqp.declare_topology(channel, topology, delays)
-        publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        publisher = Publisher(publish_channel, topology, settings.publish_timeout_s)
-        worker = WebhookWorker(
-            config, pool, publisher, endpoints, stop, settings.webhook_busy_delay_s
+    worker = WebhookWorker(
+        config,
+        pool,
+        None,
+        endpoints,
+        stop,
+        settings.webhook_busy_delay_s,
+        prefetch=settings.webhook_prefetch,
+    )
+    delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
+    gauges = None
+    if settings.metrics:
+        worker.export_metrics()
+        gauges = asyncio.create_task(
+            refresh_periodically("webhooks", lambda: refresh_deliveries(pool), stop, 15.0)
         )
-        queue = await channel.get_queue(topology.webhooks_queue)
+
+    async def session(broker: Session) -> None:
+        channel = await broker.channel(prefetch=settings.webhook_prefetch)
+        await declare(channel, topology.declarations(delays))
+        publish_channel = await broker.channel(publisher_confirms=True)
+        worker.attach(Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost)
+        queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
         tag = await queue.consume(worker.on_message)
         log.info(
             "webhooks.started", queue=topology.webhooks_queue, schedule=config.webhook_schedule
         )
-        await stop.wait()
+        await broker.until_stopped_or_lost(stop)
+        # Stop taking work first, then let deliveries in flight finish on this connection.
         with suppress(Exception):
             await queue.cancel(tag)
-        await worker.drain(settings.shutdown_grace_s)
+        if stop.is_set():
+            await worker.drain(settings.shutdown_grace_s)
+
+    try:
+        await run_sessions(
+            BrokerNodes(settings.amqp_url),
+            stop,
+            ctx.dependency("rabbitmq"),
+            session,
+            name="payhook-webhooks",
+        )
     finally:
-        if worker is not None:
-            await worker.drain(0)
+        if gauges is not None:
+            gauges.cancel()
+        await worker.drain(0)
         await endpoints.close()
-        with suppress(Exception):
-            await connection.close()
-        async with asyncio.timeout(settings.shutdown_grace_s):
-            await pool.close()
+        await database.close_pool(pool)
         log.info("webhooks.stopped")

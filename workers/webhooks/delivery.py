@@ -91,14 +91,15 @@ class Endpoint:
             self.key_error = str(exc)
         self._session: aiohttp.ClientSession | None = None
 
-    def saturated(self) -> bool:
-        """Every slot taken and as many deliveries again queued for one.
+    def saturated(self, wait_limit: int = 0) -> bool:
+        """Deliveries waiting for a slot or holding one reached ``max(wait_limit, 2 * slots)``.
 
-        Each queued delivery holds one of the worker's prefetched messages. Past this bound a
-        hanging endpoint would soon hold all of them and starve every other merchant, so the
-        consumer hands further deliveries back to the broker for a moment instead.
+        Each of them holds one of the worker's prefetched messages. Past this bound a hanging
+        endpoint would soon hold all of them and starve every other merchant, so the consumer
+        hands further deliveries back to the broker for a moment instead. The worker sets
+        ``wait_limit`` to half its prefetch, so a merely busy endpoint is not sent round.
         """
-        return self.pending >= 2 * max(1, self.merchant.max_in_flight)
+        return self.pending >= max(wait_limit, 2 * max(1, self.merchant.max_in_flight))
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -30,12 +30,13 @@ __all__ = [
     "disable_endpoint",
     "enable_endpoint",
     "events_by_id",
-    "finish_attempt",
-    "get_attempt",
+    "lookup",
+    "lookup_many",
     "mark_followed_up",
     "open_delivery",
     "park_delivery",
-    "start_attempt",
+    "record_attempt",
+    "record_attempts",
     "start_rounds",
 ]
 
@@ -102,77 +103,143 @@ async def open_delivery(
     return DeliveryState(row["round"], row["state"], row["disabled_reason"])
 
 
-async def get_attempt(db: Executor, key: AttemptKey) -> AttemptRecord | None:
-    row = await db.fetchrow(
-        "SELECT finished_at, next_action, next_delay_s, followed_up_at FROM webhook_attempts"
-        " WHERE event_id = $1 AND merchant = $2 AND round = $3 AND attempt = $4",
-        key.event_id,
-        key.merchant,
-        key.round,
-        key.attempt,
-    )
-    if row is None:
-        return None
-    plan = None
-    if row["next_action"] is not None:
-        action = Action(row["next_action"])
-        delay = float(row["next_delay_s"] or 0.0)
-        plan = Plan(action, delay, key.attempt + 1 if action is Action.RETRY else None)
-    return AttemptRecord(row["finished_at"] is not None, plan, row["followed_up_at"] is not None)
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A delivery as a message finds it: read-only, so a fresh delivery writes nothing yet."""
+
+    exists: bool
+    round: int
+    disabled_reason: str | None
+    record: AttemptRecord | None  # the attempt this message carries, if recorded
 
 
-async def start_attempt(db: Executor, key: AttemptKey) -> None:
-    """Claim the attempt (or take over one a dead worker left unfinished)."""
-    await db.execute(
-        "INSERT INTO webhook_attempts (event_id, merchant, round, attempt) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (event_id, merchant, round, attempt) DO UPDATE"
-        " SET started_at = now(), finished_at = NULL",
-        key.event_id,
-        key.merchant,
-        key.round,
-        key.attempt,
-    )
-
-
-_FINISH_ATTEMPT = """
-UPDATE webhook_attempts
-SET finished_at = now(), duration_ms = $5, status_code = $6, error_class = $7,
-    response_body = $8, next_action = $9, next_delay_s = $10
-WHERE event_id = $1 AND merchant = $2 AND round = $3 AND attempt = $4
+_LOOKUP_MANY = """
+SELECT k.n, d.round, e.disabled_reason,
+       a.finished_at IS NOT NULL AS finished, a.next_action, a.next_delay_s,
+       a.followed_up_at IS NOT NULL AS followed_up, a.attempt IS NOT NULL AS recorded
+FROM unnest($1::text[], $2::text[], $3::integer[], $4::integer[])
+     WITH ORDINALITY AS k(event_id, merchant, round, attempt, n)
+LEFT JOIN webhook_deliveries d ON d.event_id = k.event_id AND d.merchant = k.merchant
+LEFT JOIN webhook_attempts a
+       ON a.event_id = k.event_id AND a.merchant = k.merchant
+      AND a.round = k.round AND a.attempt = k.attempt
+LEFT JOIN webhook_endpoints e ON e.merchant = k.merchant AND e.disabled_at IS NOT NULL
+ORDER BY k.n
 """
 
-_FINISH_DELIVERY = """
-UPDATE webhook_deliveries
-SET attempts = attempts + 1,
-    last_attempt_at = now(),
-    last_status = $3,
-    last_error = $4,
-    state = $5,
-    delivered_at = CASE WHEN $5 = 'delivered' THEN now() ELSE delivered_at END,
-    next_attempt_at = CASE WHEN $5 = 'pending' THEN now() + make_interval(secs => $6)
-                           ELSE NULL END,
-    updated_at = now()
-WHERE event_id = $1 AND merchant = $2 AND round = $7
+
+async def lookup_many(db: Executor, keys: Sequence[AttemptKey]) -> list[Lookup]:
+    """``lookup`` for many messages in one round trip (the worker coalesces concurrent ones)."""
+    rows = await db.fetch(
+        _LOOKUP_MANY,
+        [k.event_id for k in keys],
+        [k.merchant for k in keys],
+        [k.round for k in keys],
+        [k.attempt for k in keys],
+    )
+    return [_lookup_of(row, key) for row, key in zip(rows, keys, strict=True)]
+
+
+def _lookup_of(row: asyncpg.Record, key: AttemptKey) -> Lookup:
+    record = None
+    if row["recorded"]:
+        plan = None
+        if row["next_action"] is not None:
+            action = Action(row["next_action"])
+            delay = float(row["next_delay_s"] or 0.0)
+            plan = Plan(action, delay, key.attempt + 1 if action is Action.RETRY else None)
+        record = AttemptRecord(row["finished"], plan, row["followed_up"])
+    exists = row["round"] is not None
+    return Lookup(exists, row["round"] if exists else 0, row["disabled_reason"], record)
+
+
+async def lookup(db: Executor, key: AttemptKey) -> Lookup:
+    """One read: the delivery's round, its endpoint's state and this attempt's record."""
+    return (await lookup_many(db, [key]))[0]
+
+
+_RECORD_MANY = """
+WITH k AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::integer[],
+                         $5::integer[], $6::integer[], $7::text[], $8::text[], $9::text[],
+                         $10::float8[], $11::text[], $12::text[], $13::boolean[])
+        AS k(event_id, merchant, round, attempt, duration_ms, status_code, error_class,
+             response_body, next_action, next_delay_s, event_type, state, followed)
+), delivery AS (
+    INSERT INTO webhook_deliveries AS d
+        (event_id, merchant, event_type, round, attempts, last_attempt_at, last_status,
+         last_error, state, delivered_at, next_attempt_at)
+    SELECT k.event_id, k.merchant, k.event_type, k.round, 1, now(), k.status_code,
+           k.error_class, k.state,
+           CASE WHEN k.state = 'delivered' THEN now() END,
+           CASE WHEN k.state = 'pending' THEN now() + make_interval(secs => k.next_delay_s) END
+    FROM k
+    ON CONFLICT (event_id, merchant) DO UPDATE
+        SET attempts = d.attempts + 1,
+            last_attempt_at = now(),
+            last_status = EXCLUDED.last_status,
+            last_error = EXCLUDED.last_error,
+            state = EXCLUDED.state,
+            delivered_at = CASE WHEN EXCLUDED.state = 'delivered' THEN now()
+                                ELSE d.delivered_at END,
+            next_attempt_at = EXCLUDED.next_attempt_at,
+            updated_at = now()
+        WHERE d.round = EXCLUDED.round
+    RETURNING 1
+)
+INSERT INTO webhook_attempts AS a
+    (event_id, merchant, round, attempt, started_at, finished_at, duration_ms, status_code,
+     error_class, response_body, next_action, next_delay_s, followed_up_at)
+SELECT k.event_id, k.merchant, k.round, k.attempt,
+       now() - make_interval(secs => k.duration_ms / 1000.0), now(), k.duration_ms,
+       k.status_code, k.error_class, k.response_body, k.next_action, k.next_delay_s,
+       CASE WHEN k.followed THEN now() END
+FROM k
+ON CONFLICT (event_id, merchant, round, attempt) DO UPDATE
+    SET started_at = EXCLUDED.started_at, finished_at = now(),
+        duration_ms = EXCLUDED.duration_ms, status_code = EXCLUDED.status_code,
+        error_class = EXCLUDED.error_class, response_body = EXCLUDED.response_body,
+        next_action = EXCLUDED.next_action, next_delay_s = EXCLUDED.next_delay_s,
+        followed_up_at = EXCLUDED.followed_up_at
 """
 
-_STATE_AFTER = {
-    Action.DONE: "delivered",
-    Action.RETRY: "pending",
-    Action.DEAD: "failed",
-    Action.PARK: "parked",
-}
+Finished: TypeAlias = "tuple[AttemptKey, str, FinishedAttempt, Plan]"
 
 
-async def finish_attempt(
-    pool: asyncpg.Pool[Any], key: AttemptKey, result: FinishedAttempt, plan: Plan
-) -> None:
-    """Record the attempt and the decision taken after it, in one transaction.
+async def record_attempts(pool: asyncpg.Pool[Any], items: Sequence[Finished]) -> list[None]:
+    """Record finished attempts and the decisions after them: one statement, one commit.
 
-    A 410 also disables the endpoint here, so no later delivery can slip past the decision.
+    Each delivery row is created now if this is its first attempt, and updated only while
+    still in the attempt's round (a replay may have moved it on). ``followed_up`` is set at
+    once when nothing is left to carry out (delivered). 410s go through ``record_attempt``.
     """
+    assert all(result.outcome is not Outcome.GONE for _, _, result, _ in items)
+    await pool.execute(_RECORD_MANY, *_columns(items))
+    return [None] * len(items)
+
+
+async def record_attempt(
+    pool: asyncpg.Pool[Any],
+    key: AttemptKey,
+    event_type: str,
+    result: FinishedAttempt,
+    plan: Plan,
+) -> None:
+    """One attempt; a 410 also disables the endpoint in the same transaction, so no later
+    delivery can slip past the decision."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            _FINISH_ATTEMPT,
+        await conn.execute(_RECORD_MANY, *_columns([(key, event_type, result, plan)]))
+        if result.outcome is Outcome.GONE:
+            await disable_endpoint(conn, key.merchant, "410 Gone")
+
+
+def _columns(items: Sequence[Finished]) -> list[list[Any]]:
+    """The unnest arrays of ``_RECORD_MANY``, rows in key order (a stable lock order)."""
+    columns: list[list[Any]] = [[] for _ in range(13)]
+    for key, event_type, result, plan in sorted(
+        items, key=lambda item: (item[0].event_id, item[0].merchant)
+    ):
+        row = (
             key.event_id,
             key.merchant,
             key.round,
@@ -183,19 +250,21 @@ async def finish_attempt(
             result.response_body,
             plan.action.value,
             plan.delay,
-        )
-        await conn.execute(
-            _FINISH_DELIVERY,
-            key.event_id,
-            key.merchant,
-            result.status_code,
-            result.error_class,
+            event_type,
             _STATE_AFTER[plan.action],
-            plan.delay,
-            key.round,
+            plan.action is Action.DONE,
         )
-        if result.outcome is Outcome.GONE:
-            await disable_endpoint(conn, key.merchant, "410 Gone")
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+_STATE_AFTER = {
+    Action.DONE: "delivered",
+    Action.RETRY: "pending",
+    Action.DEAD: "failed",
+    Action.PARK: "parked",
+}
 
 
 async def mark_followed_up(db: Executor, key: AttemptKey) -> None:

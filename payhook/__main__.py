@@ -1,0 +1,7 @@
+"""``python -m payhook …``: the same as the ``payhook`` command."""
+
+import sys
+
+from payhook.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""Run a message handler and settle the message by its outcome, in one place.
+
+    handler returns                 → ack
+    raises RetryLater(delay)        → wait ``delay``, nack with requeue (counts as a delivery)
+    raises PermanentFailure(reason) → reject without requeue: the queue dead-letters it
+    raises an outage (Postgres or RabbitMQ away)
+                                    → keep the message and run the handler again after a
+                                      backoff, for as long as it takes; not counted against
+                                      the message. If the role stops or the channel is lost
+                                      meanwhile, the message is left unacked: the broker
+                                      redelivers it to whoever consumes next.
+    raises anything else (a bug)    → logged with its traceback, nack with requeue after a
+                                      pause; the queue's delivery limit dead-letters it in the
+                                      end, so a poison message cannot loop for ever.
+
+Handlers must therefore be idempotent: a message may run again after a crash or an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from runtime.backoff import DEFAULT_BACKOFF, Backoff, sleep_or_stop
+from runtime.errors import PermanentFailure, RetryLater, describe, is_outage
+
+__all__ = ["BUG_REQUEUE_PAUSE_S", "handle_message", "settle"]
+
+log = structlog.get_logger("runtime")
+
+BUG_REQUEUE_PAUSE_S = 1.0
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+async def settle(action: Awaitable[object]) -> bool:
+    """Ack/nack/reject; on a channel lost meanwhile the broker redelivers (handlers dedupe)."""
+    try:
+        await action
+    except Exception as exc:  # any failure here means "the broker redelivers"
+        log.info("runtime.settle_lost", error=describe(exc))
+        return False
+    return True
+
+
+async def handle_message(
+    message: AbstractIncomingMessage,
+    handler: Handler,
+    *,
+    stop: asyncio.Event,
+    lost: asyncio.Event,
+    backoff: Backoff = DEFAULT_BACKOFF,
+) -> None:
+    attempt = 0
+    while True:
+        try:
+            await handler(message)
+        except RetryLater as exc:
+            log.info("runtime.message_retry_later", reason=exc.reason, delay_s=exc.delay_s)
+            await sleep_or_stop(stop, exc.delay_s)
+            await settle(message.nack(requeue=True))
+        except PermanentFailure as exc:
+            log.error(
+                "runtime.message_dead_lettered", reason=exc.reason, message_id=message.message_id
+            )
+            await settle(message.reject(requeue=False))
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("runtime.message_failed", message_id=message.message_id)
+                await sleep_or_stop(stop, BUG_REQUEUE_PAUSE_S)
+                await settle(message.nack(requeue=True))
+                return
+            if stop.is_set() or lost.is_set() or message.channel.is_closed:
+                log.info("runtime.message_left_for_redelivery", reason=describe(exc))
+                return
+            delay = backoff.delay(attempt)
+            attempt += 1
+            log.warning(
+                "runtime.message_waiting_for_dependency",
+                reason=describe(exc),
+                attempt=attempt,
+                retry_in_s=round(delay, 2),
+            )
+            if await sleep_or_stop(stop, delay):
+                return
+            continue
+        else:
+            await settle(message.ack())
+        return

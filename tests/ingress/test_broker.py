@@ -1,0 +1,110 @@
+"""The publisher against the real broker: a callback the codec cannot write fails at once and
+alone, and its batch-mates are still published."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from contracts.callbacks import CallbackReceived, RawRequest, decode_callbacks
+from contracts.statuses import Kind, Status, VerifiedBy
+from contracts.topology import Topology
+from ingress.broker import CallbackPublisher, PublishFailed, Unencodable
+
+# Long enough that waiting it out would fail the test's own timeout checks below.
+PUBLISH_TIMEOUT_S = 20.0
+
+
+def callback(transaction_id: str, **change: object) -> CallbackReceived:
+    raw = RawRequest("POST", "/callbacks/paycore/main", "", b"{}", {}, "203.0.113.7")
+    good = CallbackReceived(
+        provider="paycore",
+        account="main",
+        transaction_id=transaction_id,
+        provider_status="processed",
+        status=Status.SUCCEEDED,
+        kind=Kind.PAYMENT,
+        verified_by=VerifiedBy.SIGNATURE,
+        received_at="2025-01-01T00:00:00.000000Z",
+        raw=raw,
+        amount=2200,
+        currency="USD",
+    )
+    return dataclasses.replace(good, **change)  # type: ignore[arg-type]
+
+
+# What the encoder (orjson) refuses: a bigint beyond 64 bits, a lone surrogate.
+UNENCODABLE = [{"amount": 2**64}, {"order_id": "\ud800"}, {"details": {"n": -(2**63) - 1}}]
+
+
+@pytest.fixture
+async def publisher(amqp_url: str, namespace: str) -> AsyncIterator[CallbackPublisher]:
+    publisher = CallbackPublisher(amqp_url, Topology(namespace), timeout_s=PUBLISH_TIMEOUT_S)
+    await publisher.start(wait_s=10)
+    assert publisher.ready
+    try:
+        yield publisher
+    finally:
+        await publisher.close()
+
+
+async def queued_transaction_ids(amqp_url: str, namespace: str) -> tuple[int, list[str]]:
+    """Take every message off the ledger queue: (messages, transaction ids in them)."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(Topology(namespace).ledger_queue, passive=True)
+        messages, ids = 0, []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            messages += 1
+            ids += [cb.transaction_id for cb, _ in decode_callbacks(message.body)]
+        return messages, sorted(ids)
+
+
+@pytest.mark.parametrize("change", UNENCODABLE, ids=["bigint", "surrogate", "detail"])
+async def test_an_unencodable_callback_fails_alone_and_at_once(
+    publisher: CallbackPublisher, amqp_url: str, namespace: str, change: dict[str, object]
+) -> None:
+    goods = [callback(f"good-{n}") for n in range(3)]
+    bad = callback("bad", **change)
+    # Created together, so all four join one batch (the batch is sent on the next turn).
+    tasks = [asyncio.create_task(publisher.publish(cb)) for cb in (goods[0], bad, *goods[1:])]
+    bad_task = tasks[1]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    # The bad one is answered before the broker confirmed anything for the others.
+    assert done == {bad_task}
+    assert len(pending) == 3
+    with pytest.raises(Unencodable) as caught:
+        bad_task.result()
+    assert isinstance(caught.value, PublishFailed)  # never an acknowledgement
+    assert caught.value.callback_id == bad.id
+    assert isinstance(caught.value.error, TypeError)
+    assert "cannot be encoded" in str(caught.value)
+    await asyncio.gather(*pending)  # the others are confirmed
+    messages, ids = await queued_transaction_ids(amqp_url, namespace)
+    assert ids == ["good-0", "good-1", "good-2"]
+    assert messages == 1  # still one message for the rest of the batch
+
+
+async def test_a_batch_of_only_unencodable_callbacks_publishes_nothing(
+    publisher: CallbackPublisher, amqp_url: str, namespace: str
+) -> None:
+    bads = [callback(f"bad-{n}", **change) for n, change in enumerate(UNENCODABLE)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(*(publisher.publish(cb) for cb in bads), return_exceptions=True)
+    assert [type(r) for r in results] == [Unencodable] * len(bads)
+    assert loop.time() - started < PUBLISH_TIMEOUT_S / 4  # not the publish timeout
+    assert await queued_transaction_ids(amqp_url, namespace) == (0, [])
+
+
+async def test_a_lone_unencodable_callback_and_the_next_one(
+    publisher: CallbackPublisher, amqp_url: str, namespace: str
+) -> None:
+    with pytest.raises(Unencodable):
+        await publisher.publish(callback("bad", amount=2**64))
+    await publisher.publish(callback("after"))  # the publisher is unharmed
+    assert await queued_transaction_ids(amqp_url, namespace) == (1, ["after"])
