@@ -130,12 +130,13 @@ class Received:
             self.done.set()
 
 
-async def restart_later(node: str, at: float, received: Received) -> float:
-    """Restart ``node`` at ``at`` (or as soon as everything has arrived); when it was back."""
+async def restart_later(node: str, at: float, received: Received) -> tuple[float, float]:
+    """Restart ``node`` at ``at`` (or once everything has arrived): when it began, when done."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(received.done.wait(), timeout=max(0.0, at - time.time()))
+    began = time.time()
     await asyncio.to_thread(services, "restart", node)
-    return time.time()
+    return began, time.time()
 
 
 async def consume(url: str, queue_name: str, received: Received, stop: asyncio.Event) -> None:
@@ -308,7 +309,7 @@ async def main() -> int:
         deadline = down_at + args.deadline
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(received.done.wait(), timeout=deadline - time.time())
-        back_at = await back  # at once if it is still waiting: everything has arrived
+        restart_at, back_at = await back  # at once if it still waits: everything has arrived
         await asyncio.sleep(2)  # a moment more for duplicates of the last messages
         stop.set()
         await consumer
@@ -324,11 +325,12 @@ async def main() -> int:
         duplicates = copies - len(received.arrivals)
         lost = args.count - len(received.arrivals) - waiting
         over = sum(1 for x in late if x > args.tolerance)
-        while_down = sum(1 for t in received.first_at.values() if t < back_at)
+        while_down = sum(1 for t in received.first_at.values() if t < restart_at)
         _log(
             f"received {len(received.arrivals)}/{args.count} ({while_down} while {victim} was "
-            f"down, {len(received.arrivals) - while_down} after it was back "
-            f"{back_at - down_at:.0f} s after the kill): lateness {summary(late)}; "
+            f"down, {len(received.arrivals) - while_down} once it was restarted "
+            f"{restart_at - down_at:.0f} s after the kill, back {back_at - restart_at:.0f} s "
+            f"later): lateness {summary(late)}; "
             f"lost {lost}, duplicates {duplicates}, still waiting in {delay}: {waiting}, "
             f"later than {args.tolerance:g} s: {over}"
         )
