@@ -236,6 +236,25 @@ async def test_one_bad_message_does_not_block_the_batch(
         }
 
 
+@pytest.mark.parametrize("size", [1, 3])
+async def test_a_query_cut_by_a_postgres_shutdown_is_an_outage_not_the_messages_fault(
+    pool: asyncpg.Pool[Any], policy: Policy, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Seen in tests/chaos during ``restart-postgres``: asyncpg raised InternalClientError
+    ("cannot switch to state 15; another operation (2) is in progress") and the ledger failed
+    the message instead of waiting for the database."""
+
+    async def cut(*_: Any, **__: Any) -> Any:
+        raise asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
+
+    monkeypatch.setattr("workers.ledger.apply.apply_with_retry", cut)
+    batch = items(*(callback(S.SUCCEEDED, f"T{n}") for n in range(size)))
+    with pytest.raises(asyncpg.exceptions.InternalClientError):
+        await apply_each(pool, batch, policy)
+
+
 async def test_a_batch_waits_for_one_creating_the_same_payment(
     pool: asyncpg.Pool[Any], policy: Policy
 ) -> None:

@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from contracts.config import Config, Settings
 from contracts.schema import event_schema
 from contracts.statuses import Status, VerifiedBy
+from runtime.health import Health
 from tests.roles import role_context
 from workers.ledger.admin import build_admin_app, run_admin
-from workers.ledger.apply import Incoming, Policy, apply_batch
+from workers.ledger.apply import Incoming, Policy, apply_batch, apply_with_retry
 from workers.ledger.check import check_ledger
 from workers.ledger.expectations import (
     Expectation,
@@ -200,6 +201,56 @@ async def test_a_callback_is_released_under_the_order_it_names_not_its_payments(
         assert (await check_ledger(conn)).ok
 
 
+async def _until_done_or_blocked(task: asyncio.Task[Any], conn: Any, within: float = 10.0) -> None:
+    """Until ``task`` finished, or another session waits for an advisory lock (an order's)."""
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    async with asyncio.timeout(within):
+        while not task.done() and not await conn.fetchval(waiting):  # noqa: ASYNC110 - pg_locks
+            await asyncio.sleep(0.01)
+
+
+async def test_a_registration_racing_a_hold_still_releases_it(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """The ledger decided a Paysepro success "no expectation" and has not committed yet when
+    the order is registered: the registration must release it once it is committed, not
+    look for held callbacks too early and leave it held for good (found by tests/chaos)."""
+    held = callback(S.SUCCEEDED, "A", provider="paysepro")
+    exp = Expectation("shop", "paysepro", "main", "ORD-1", 1250, "EUR", False)
+    async with pool.acquire() as ledger, pool.acquire() as observer:
+        transaction = ledger.transaction()
+        await transaction.start()
+        await apply_batch(ledger, [Incoming.of(held)], policy)  # decided; commit pending
+        registering = asyncio.create_task(register_order(pool, exp, policy))
+        await _until_done_or_blocked(registering, observer)
+        await transaction.commit()
+    result, released = await registering
+    assert (result, dict(released.outcomes)) == ("created", {"applied": 1})
+    async with pool.acquire() as conn:
+        assert await _money(conn) == ("succeeded", 1, 2)
+        assert (await check_ledger(conn)).ok
+
+
+async def test_a_hold_racing_a_registration_is_decided_under_it(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """The other order of the same race: the registration is committing while the ledger
+    decides the callback; the ledger must apply it under the expectation, not hold it."""
+    exp = Expectation("shop", "paysepro", "main", "ORD-1", 1250, "EUR", False)
+    items = [Incoming.of(callback(S.SUCCEEDED, "A", provider="paysepro"))]
+    async with pool.acquire() as admin, pool.acquire() as observer:
+        transaction = admin.transaction()
+        await transaction.start()
+        assert await register_expectation(admin, exp) == "created"  # commit pending
+        applying = asyncio.create_task(apply_with_retry(pool, items, policy))
+        await _until_done_or_blocked(applying, observer)
+        await transaction.commit()
+    result = await applying
+    assert dict(result.outcomes) == {"applied": 1}
+    async with pool.acquire() as conn:
+        assert await _money(conn) == ("succeeded", 1, 2)
+
+
 async def test_trust_and_require_options(pool: asyncpg.Pool[Any]) -> None:
     data = config_dict(trust_source_address_without_expectation=True)
     data["providers"]["paysera"]["main"]["require_expectation"] = True
@@ -303,6 +354,28 @@ async def test_run_admin_listens_and_stops(
                     await asyncio.sleep(0.05)
             else:
                 raise AssertionError("admin listener never answered")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_run_admin_is_not_ready_before_postgres_answers(ledger_config: Config) -> None:
+    """Seen while building tests/chaos: /readyz of a starting ``payhook admin`` answered 200
+    ``{"ready":true,"dependencies":{}}`` with Postgres unreachable, because the role named
+    its dependency only after the listener had started."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nothing = sock.getsockname()[1]  # closed again: nothing listens there
+    settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{nothing}/x", admin_port=0)
+    stop = asyncio.Event()
+    health = Health()
+    task = asyncio.create_task(
+        run_admin(role_context("admin", settings, ledger_config, stop, health))
+    )
+    try:
+        await asyncio.sleep(0)  # the role's first step, up to its first await
+        assert not health.ready
+        assert "admin.postgres" in health.dependencies
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

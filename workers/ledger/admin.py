@@ -149,6 +149,9 @@ def build_admin_app(pool: asyncpg.Pool[Any] | None, config: Config) -> web.Appli
 async def run_admin(ctx: RoleContext) -> None:
     """Serve the admin listener until ``ctx.stop``; the pool arrives when Postgres answers."""
     settings, config = ctx.settings, ctx.config
+    # Registered before the first await: /readyz must not say ready (no dependency known
+    # yet) while the listener starts and Postgres was never reached.
+    postgres = ctx.dependency("postgres")
     app = build_admin_app(None, config)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s
@@ -162,7 +165,7 @@ async def run_admin(ctx: RoleContext) -> None:
         if not config.admin_tokens:
             log.warning("ledger.admin_without_tokens", hint="set [admin] tokens; all refused")
         pool = await database.open_pool(
-            settings.database_url, ctx.stop, ctx.dependency("postgres"), min_size=1, max_size=4
+            settings.database_url, ctx.stop, postgres, min_size=1, max_size=4
         )
         app[POOL].pool = pool
         await ctx.stop.wait()

@@ -33,9 +33,10 @@ from contracts.config import Config
 from contracts.errors import ConfigError
 from contracts.events import build_event, routing_key
 from contracts.statuses import VerifiedBy
+from runtime.errors import is_database_outage
 from workers.ledger import store
-from workers.ledger.decide import Payment, Verdict, decide, new_payment
-from workers.ledger.expectations import Expectation
+from workers.ledger.decide import Outcome, Payment, Verdict, decide, new_payment
+from workers.ledger.expectations import Expectation, OrderKey, lock_orders
 from workers.ledger.store import CallbackRow, Conn, EntryRow, EventRow, PostingRow
 
 __all__ = [
@@ -226,6 +227,7 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
     seen = await store.existing_callbacks(conn, [i.id for i in items])
     expectations = await store.load_expectations(conn, _orders(items, ids, locked))
     verdicts, current = _decide_all(items, ids, locked, seen, expectations, policy)
+    await _recheck_held(conn, items, ids, locked, verdicts, expectations)
 
     created = sorted((p for pid, p in current.items() if pid not in locked), key=_by_id)
     if await store.insert_payments(conn, created) != len(created):
@@ -283,23 +285,52 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
     return result
 
 
+# What a registration of the callback's order releases (orders.py, _HELD).
+_HOLDS = frozenset({Outcome.NO_EXPECTATION, Outcome.AMOUNT_MISMATCH})
+
+
+async def _recheck_held(
+    conn: Conn,
+    items: Sequence[Incoming],
+    ids: Sequence[str],
+    locked: Mapping[str, Payment],
+    verdicts: Sequence[Verdict | None],
+    expectations: Mapping[OrderKey, Expectation],
+) -> None:
+    """Before committing a hold, make sure no registration of its order slipped in.
+
+    Under the orders' locks (``expectations.lock_orders``) a registration either committed
+    before - then it is read here and the batch is decided again - or waits for this
+    commit and then releases what it holds. Only batches that hold something pay for it.
+    """
+    held: set[OrderKey] = set()
+    for item, pid, verdict in zip(items, ids, verdicts, strict=True):
+        if verdict is None or verdict.outcome not in _HOLDS:
+            continue
+        row = locked.get(pid)
+        order = item.callback.order_id or (row.order_id if row is not None else None)
+        if order:
+            held.add((item.callback.provider, item.callback.account, order))
+    if not held:
+        return
+    await lock_orders(conn, held)
+    now = await store.load_expectations(conn, held)
+    if now != {key: exp for key, exp in expectations.items() if key in held}:
+        raise LedgerContention("an order expectation was registered meanwhile")
+
+
 def _by_id(payment: Payment) -> str:
     return payment.id
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """The database went away (or is refusing work for now): not the messages' fault."""
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.AdminShutdownError
-        | asyncpg.exceptions.CrashShutdownError
-        | asyncpg.exceptions.CannotConnectNowError
-        | asyncpg.exceptions.TooManyConnectionsError,
-    )
+    """The database went away (or is refusing work for now): not the messages' fault.
+
+    The runtime's one list (``runtime.errors``): a list of its own here once lacked the
+    protocol error a fast Postgres shutdown cuts a query with, so a restart failed genuine
+    messages (nacked, counted towards their delivery limit) instead of waiting.
+    """
+    return is_database_outage(exc)
 
 
 _RETRYABLE = (

@@ -15,7 +15,8 @@ moved for that order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +32,9 @@ from workers.ledger.conn import Conn
 __all__ = [
     "Expectation",
     "InvalidExpectation",
+    "OrderKey",
     "Registration",
+    "lock_orders",
     "mismatch",
     "parse_expectation",
     "register_expectation",
@@ -40,6 +43,11 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 Registration = Literal["created", "unchanged", "updated", "conflict"]
+OrderKey = tuple[str, str, str]  # (provider, account, order_id)
+
+# Advisory-lock namespace ("ORDR") for orders, beside the payments' ("LEDG", store.py).
+ORDER_LOCK_CLASS = 0x4F524452
+_LOCK_ORDERS = "SELECT count(pg_advisory_xact_lock($1, k)) FROM unnest($2::int4[]) AS k"
 
 _MAX_ORDER_ID = 200
 
@@ -154,11 +162,33 @@ WHERE provider = $1 AND account = $2 AND order_id = $3
 """
 
 
+def order_lock_key(key: OrderKey) -> int:
+    """The advisory-lock key of an order: 32 bits of a hash, as a signed int4 (a collision
+    merely makes two orders take turns)."""
+    digest = hashlib.sha256("\x1f".join(key).encode()).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+async def lock_orders(conn: Conn, keys: Iterable[OrderKey]) -> None:
+    """Take the orders' locks until the end of the transaction, all at once, in key order.
+
+    What they order: a registration (which then releases what its order holds) and a ledger
+    transaction about to commit a hold under that order. Under read committed neither sees
+    the other's uncommitted row, so without the lock a callback held by a transaction that
+    read "no expectation" just before a registration committed, and committed itself just
+    after the registration looked for held callbacks, stayed held for good (seen in
+    tests/chaos). With it, whichever comes second sees what the first committed.
+    """
+    await conn.fetchval(_LOCK_ORDERS, ORDER_LOCK_CLASS, sorted({order_lock_key(k) for k in keys}))
+
+
 async def register_expectation(conn: Conn, exp: Expectation) -> Registration:
     """Insert or update ``exp``; ``conflict`` when money already moved under other terms."""
     args = (exp.provider, exp.account, exp.order_id, exp.merchant, exp.amount, exp.currency)
     for _ in range(3):  # a concurrent first registration of the same order: look again
         async with conn.transaction():
+            # Waits for a ledger transaction holding a callback of this order (lock_orders).
+            await lock_orders(conn, [(exp.provider, exp.account, exp.order_id)])
             row = await conn.fetchrow(_SELECT, *args[:3])
             if row is None:
                 status = await conn.execute(_INSERT, *args, exp.test)
