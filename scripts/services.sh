@@ -21,7 +21,7 @@
 #   PAYHOOK_RABBITMQ_PROMETHEUS=1  also run the shipped plugins (rabbitmq_prometheus on
 #                         127.0.0.1, PAYHOOK_RABBITMQ_PROMETHEUS_PORT, default AMQP port + 20)
 #   PAYHOOK_RABBITMQ_EXTRA_CONF  more rabbitmq.conf lines for the private node(s)
-#   PAYHOOK_CLUSTER_AMQP_PORT    default 55772: the cluster's first node (see below)
+#   PAYHOOK_CLUSTER_AMQP_PORT    default 25772: the cluster's first node (see below)
 #   PAYHOOK_CLUSTER_PROMETHEUS=1 rabbitmq_prometheus on the cluster nodes too
 #
 # Private brokers run with the configuration payhook ships in deploy/rabbitmq/ (see
@@ -547,7 +547,9 @@ stop_epmd() {
 # Data in .local/cluster/c<i>/ (one shared cookie: .local/cluster/cookie); what `cluster start`
 # launched is recorded in .local/cluster/started ("c<i> PID PORT WRAPPER_PID", "epmd PID PORT").
 
-CL_PORT=${PAYHOOK_CLUSTER_AMQP_PORT:-55772}
+# Below the kernel's ephemeral port range (32768-60999 here), so that no outgoing connection
+# on a busy machine happens to hold one of the cluster's ports.
+CL_PORT=${PAYHOOK_CLUSTER_AMQP_PORT:-25772}
 CL_DIR="$LOCAL/cluster"
 CL_EPMD_PORT=$((CL_PORT - 3))
 CL_PROMETHEUS=${PAYHOOK_CLUSTER_PROMETHEUS:-0}
@@ -602,6 +604,22 @@ cl_queues() { # i rabbitmq-queues-args...
 }
 
 cl_answers() { amqp_answers 127.0.0.1 "$(cl_amqp "$1")"; }
+
+port_free() { # port: exit 0 when a listener could bind 127.0.0.1:port (as the broker's would)
+    python3 - "$1" <<'PY'
+import socket, sys
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(1)
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+PY
+}
 cl_live() { live_pid "c$1" "$(cl_cmd "$1")"; } # our node i's pid, if it runs
 
 cl_prepare() { # i
@@ -729,10 +747,14 @@ cmd_cluster_start() {
     for i in "${CL_NODES[@]}"; do
         if cl_live "$i" >/dev/null; then
             cl_answers "$i" || die "cluster: our c$i (pid $(cl_live "$i")) runs but does not answer at 127.0.0.1:$(cl_amqp "$i"); try 'scripts/services.sh cluster restart c$i'"
-        elif cl_answers "$i"; then
-            answering=$((answering + 1))
         else
-            missing+=("$i")
+            local rc=0
+            cl_answers "$i" || rc=$?
+            case $rc in
+                0) answering=$((answering + 1)) ;;
+                2) missing+=("$i") ;;
+                *) die "cluster: something that is not AMQP holds 127.0.0.1:$(cl_amqp "$i"); pick other ports with PAYHOOK_CLUSTER_AMQP_PORT" ;;
+            esac
         fi
     done
     if [[ $answering -eq ${#CL_NODES[@]} ]]; then
@@ -741,6 +763,17 @@ cmd_cluster_start() {
     fi
     [[ $answering -eq 0 ]] || die "cluster: some of the ports $(cl_amqp 1),$(cl_amqp 2),$(cl_amqp 3) answer, but not as our nodes"
     if [[ ${#missing[@]} -gt 0 ]]; then
+        local port
+        for i in "${missing[@]}"; do
+            # A port some other socket holds (another program's listener, or a connection it
+            # accepted there) makes the node fail to boot: say so before trying.
+            local ports=("$(cl_amqp "$i")" $(($(cl_amqp "$i") + 1)))
+            [[ $CL_PROMETHEUS != 1 ]] || ports+=($(($(cl_amqp "$i") + 2)))
+            for port in "${ports[@]}"; do
+                port_free "$port" ||
+                    die "cluster: 127.0.0.1:$port (c$i's) is in use by another program; pick other ports with PAYHOOK_CLUSTER_AMQP_PORT"
+            done
+        done
         [[ -x $RMQ_BIN/rabbitmq-server ]] || apt_install rabbitmq-server
         local had_epmd=
         live_pid epmd "$EPMD_CMD" >/dev/null && had_epmd=1

@@ -192,11 +192,14 @@ def shipped_confirm_timeout() -> int:
 
 async def test_cluster_survives_the_loss_of_a_queue_leader(tmp_path: Path) -> None:
     record = tmp_path / "started"
-    t0 = time.monotonic()
-    await acluster("start", "--record", str(record))
-    start_s = time.monotonic() - t0
-    started = record.read_text().split() if record.exists() else []
+    started: list[str] = []
     try:
+        t0 = time.monotonic()
+        try:
+            await acluster("start", "--record", str(record))
+        finally:
+            started = record.read_text().split() if record.exists() else []
+        start_s = time.monotonic() - t0
         status = (await acluster("status", check=False)).stdout
         if status.count("running (ours") != len(NODES):
             pytest.skip(f"the cluster at the configured ports is not ours to kill:\n{status}")
