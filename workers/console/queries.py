@@ -21,6 +21,7 @@ __all__ = [
     "callback_documents",
     "events_of_payment",
     "overview",
+    "overview_trouble",
     "payment_key",
 ]
 
@@ -135,6 +136,11 @@ async def overview(conn: Conn) -> Overview:
     out.disabled = [dict(r) for r in await conn.fetch(_DISABLED)]
     out.attention = {r["outcome"]: r["n"] for r in await conn.fetch(_ATTENTION)}
     return out
+
+
+async def overview_trouble(conn: Conn) -> dict[str, dict[str, Any]]:
+    """Deliveries in trouble per merchant: failing, failed, parked, latest change."""
+    return {r["merchant"]: dict(r) for r in await conn.fetch(_TROUBLE_BY_MERCHANT)}
 
 
 async def payment_key(conn: Conn, payment_id: str) -> tuple[str, str, str] | None:
