@@ -81,7 +81,9 @@ async def test_next_never_leaves_the_console(console: Client) -> None:
         assert response.headers["Location"] == "/console/", target
 
 
-async def test_cookie_secure_follows_the_option(pool: asyncpg.Pool[Any], settings: Settings) -> None:
+async def test_cookie_secure_follows_the_option(
+    pool: asyncpg.Pool[Any], settings: Settings
+) -> None:
     app = build_admin_app(pool, console_config(cookie_secure=True), settings)
     async with TestClient(TestServer(app)) as client:
         response = await client.post(

@@ -30,7 +30,7 @@ from workers.ledger.search import (
     attention_kind,
     search_payments,
 )
-from workers.ledger.states import STATES
+from workers.ledger.states import RANK
 from workers.webhooks import store
 from workers.webhooks.filters import (
     STATES as DELIVERY_STATES,
@@ -205,7 +205,7 @@ async def payments_page(request: web.Request) -> web.StreamResponse:
         page=page,
         query=query,
         providers=sorted({p for p, _ in _state(request).config.accounts}),
-        states=sorted(STATES),
+        states=sorted(RANK, key=RANK.__getitem__),
         attention_kinds=list(ATTENTION_KINDS),
     )
 

@@ -33,7 +33,7 @@ from workers.ledger.check import check_ledger
 from workers.ledger.consumer import HEADER_ERROR, HEADER_FAILED_AT
 from workers.ledger.queries import balances, payment_details
 from workers.ledger.search import ATTENTION_KINDS, InvalidFilter, PaymentFilter, search_payments
-from workers.ledger.states import STATES
+from workers.ledger.states import RANK
 from workers.webhooks.table import render
 from workers.when import parse_since
 
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--transaction-id", dest="transaction_id")
     p.add_argument("--order", dest="order_id", help="the merchant's order id")
     p.add_argument("--merchant")
-    p.add_argument("--state", choices=sorted(STATES))
+    p.add_argument("--state", choices=sorted(RANK))
     p.add_argument("--since", type=parse_since, help="created at or after T (ISO time or 2h)")
     p.add_argument("--until", type=parse_since, help="created before T")
     p.add_argument(

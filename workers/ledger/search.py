@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from workers.ledger.conn import Conn
-from workers.ledger.states import STATES
+from workers.ledger.states import RANK
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -74,7 +74,7 @@ class PaymentFilter:
         return all(getattr(self, f.name) is None for f in fields(self))
 
 
-_ALL_STATES = frozenset(STATES)
+_ALL_STATES = frozenset(RANK)
 
 
 @dataclass(frozen=True, slots=True)
