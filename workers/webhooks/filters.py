@@ -35,7 +35,9 @@ __all__ = [
     "DeliveryFilter",
     "DeliveryPage",
     "InvalidFilter",
+    "build_search",
     "count_deliveries",
+    "count_query",
     "deliveries_of_events",
     "delivery_targets",
     "list_deliveries",
@@ -144,12 +146,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str, str]:
     return updated_at, event_id, merchant
 
 
-async def search_deliveries(
-    db: Executor, flt: DeliveryFilter, *, limit: int = 50, after: str | None = None
-) -> DeliveryPage:
-    """Deliveries matching ``flt``, most recently changed first, ``limit`` per page."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidFilter(f"limit must be 1..{MAX_LIMIT}")
+def build_search(
+    flt: DeliveryFilter, limit: int, after: str | None
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of one page (``limit`` + 1 rows: the extra says "more")."""
     params: list[Any] = []
     where = _where(flt, params)
     if after is not None:
@@ -162,16 +162,30 @@ async def search_deliveries(
         f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE {' AND '.join(where)}"
         f" ORDER BY updated_at DESC, event_id DESC, merchant DESC LIMIT ${len(params)}"
     )
+    return sql, params
+
+
+async def search_deliveries(
+    db: Executor, flt: DeliveryFilter, *, limit: int = 50, after: str | None = None
+) -> DeliveryPage:
+    """Deliveries matching ``flt``, most recently changed first, ``limit`` per page."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidFilter(f"limit must be 1..{MAX_LIMIT}")
+    sql, params = build_search(flt, limit, after)
     rows = [dict(r) for r in await db.fetch(sql, *params)]
     more = len(rows) > limit
     rows = rows[:limit]
     return DeliveryPage(rows, _encode_cursor(rows[-1]) if more and rows else None)
 
 
-async def count_deliveries(db: Executor, flt: DeliveryFilter) -> int:
+def count_query(flt: DeliveryFilter) -> tuple[str, list[Any]]:
     params: list[Any] = []
     where = _where(flt, params)
-    sql = f"SELECT count(*) FROM webhook_deliveries WHERE {' AND '.join(where)}"
+    return f"SELECT count(*) FROM webhook_deliveries WHERE {' AND '.join(where)}", params
+
+
+async def count_deliveries(db: Executor, flt: DeliveryFilter) -> int:
+    sql, params = count_query(flt)
     return int(await db.fetchval(sql, *params))
 
 
