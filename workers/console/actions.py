@@ -127,9 +127,16 @@ async def replay_one(request: web.Request) -> web.StreamResponse:
     raise redirect(with_notice(back, "replayed", result.replayed))
 
 
+def _bad_filter(request: web.Request, exc: InvalidFilter) -> web.Response:
+    return render(request, "error.html", status=400, title="Bad filter", detail=str(exc))
+
+
 async def replay_confirm(request: web.Request) -> web.StreamResponse:
     state = console_state(request)
-    flt = _delivery_filter(state, request.query)
+    try:
+        flt = _delivery_filter(state, request.query)
+    except InvalidFilter as exc:
+        return _bad_filter(request, exc)
     async with pool_of(request).acquire() as conn:
         total = await count_deliveries(conn, flt)
         sample = await search_deliveries(conn, flt, limit=10)
@@ -144,7 +151,10 @@ async def replay_confirm(request: web.Request) -> web.StreamResponse:
 
 
 async def replay_all(request: web.Request) -> web.StreamResponse:
-    flt = _delivery_filter(console_state(request), request[FORM])
+    try:
+        flt = _delivery_filter(console_state(request), request[FORM])
+    except InvalidFilter as exc:
+        return _bad_filter(request, exc)
     job_id, _ = await console_state(request).jobs.start_replay(flt, request.remote or "")
     raise redirect(f"{BASE}/jobs/{job_id}")
 
@@ -201,6 +211,11 @@ async def endpoint_action(request: web.Request) -> web.StreamResponse:
     merchant = request.match_info["merchant"]
     action = request.match_info["action"]
     async with pool_of(request).acquire() as conn, conn.transaction():
+        known = merchant in console_state(request).config.merchants or await conn.fetchval(
+            "SELECT 1 FROM webhook_endpoints WHERE merchant = $1", merchant
+        )
+        if not known:
+            raise web.HTTPNotFound(text=f"no merchant {merchant}")
         if action == "enable":
             await store.enable_endpoint(conn, merchant)
             parked = None

@@ -29,7 +29,7 @@ from contracts.errors import ContractError
 from contracts.money import format_major
 from contracts.redact import mask_urls
 from contracts.topology import Topology
-from runtime.errors import describe, is_broker_outage, is_database_outage
+from runtime.errors import Unreachable, describe, is_broker_outage, is_database_outage
 from workers.console.auth import COOKIE_NAME, LoginLimiter, Session, Sessions, csrf_ok
 from workers.console.broker import BrokerProbe
 from workers.console.jobs import Jobs
@@ -239,7 +239,9 @@ async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         return await handler(request)
     except Exception as exc:
-        if is_database_outage(exc):
+        if isinstance(exc, Unreachable):  # workers.amqp.connect: no broker node answered
+            what = "RabbitMQ"
+        elif is_database_outage(exc):
             what = "Postgres"
         elif is_broker_outage(exc):
             what = "RabbitMQ"
