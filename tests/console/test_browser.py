@@ -155,6 +155,9 @@ def _sign_in_and_open_payment(browser: WebDriver, base: str, transaction_id: str
     assert browser.find_element(By.ID, "payment-state").text == "succeeded"
     assert browser.find_element(By.CSS_SELECTOR, ".delivery-state").text == "failing"
     _shot(browser, "04-payment-failing-delivery")
+    raw = browser.find_element(By.CSS_SELECTOR, "details.callback")
+    browser.execute_script("arguments[0].scrollIntoView()", raw)
+    _shot(browser, "04b-payment-raw-request-masked")
     return browser.page_source
 
 

@@ -4,12 +4,13 @@
 -- console (progress, for whichever admin process the operator's browser reaches).
 --
 -- Searches list newest first and page by keyset (created_at, id), never OFFSET, so every
--- payments index ends in (created_at, id): a page is one index range scan.
+-- payments index ends in (created_at, id): a page is one index range scan. No index on
+-- provider: five providers, each a large share, are found fast along payments_recent (and an
+-- index costs every new payment: bench/console_search.py measures that too).
 -- created_at never changes after the insert, so these keys keep updates of a payment HOT
 -- unless the indexed column itself changes. `state` does change: its index makes a state
 -- change write index entries (docs/operations.md, Console, gives the measured cost).
 CREATE INDEX payments_recent ON payments (created_at, id);
-CREATE INDEX payments_provider_recent ON payments (provider, created_at, id);
 CREATE INDEX payments_merchant_recent ON payments (merchant, created_at, id)
     WHERE merchant IS NOT NULL;
 CREATE INDEX payments_state_recent ON payments (state, created_at, id);
@@ -19,9 +20,10 @@ CREATE INDEX payments_order_id ON payments (order_id) WHERE order_id IS NOT NULL
 CREATE INDEX payments_attention_recent ON payments (created_at, id)
     WHERE attention IS NOT NULL;
 
--- Callbacks per second on the console's overview (a window of the newest recorded rows).
--- Callbacks are insert-only and recorded_at only grows: appends to the rightmost leaf.
-CREATE INDEX callbacks_recorded ON callbacks (recorded_at);
+-- Callbacks per second on the console's overview (a window of the newest recorded rows, read
+-- from the index alone). Callbacks are insert-only and recorded_at only grows: appends to the
+-- rightmost leaf.
+CREATE INDEX callbacks_recorded ON callbacks (recorded_at) INCLUDE (payment_id);
 
 -- Deliveries in trouble (failing: pending after a failed attempt; failed; parked), newest
 -- change first, with or without a merchant. Partial: delivered ones never enter them.
