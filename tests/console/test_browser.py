@@ -34,6 +34,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from standardwebhooks import Webhook
 
 from contracts.config import Config, parse_config
+from contracts.topology import Topology
 from ingress.providers import PROVIDERS
 from ingress.providers.base import SimulatedPayment
 from ingress.simulator import simulate_and_send
@@ -233,11 +234,12 @@ async def test_operator_finds_a_payment_and_replays_its_failed_webhook(
     async def respond(n: int, _: web.Request) -> web.StreamResponse:
         return web.Response(status=200 if healthy else 500, text="ok" if healthy else "down")
 
-    topology_retry = f"{namespace}.webhooks.retry.1h"
-    amqp_cleanup.register(topology_retry)
     async with MerchantServer(respond).serving() as merchant:
         config = _config(merchant.url)
         settings = system_settings(database_url, amqp_url, namespace)
+        topology = Topology(namespace)
+        for delay in (3600, settings.webhook_busy_delay_s):  # the delay queues it declares
+            amqp_cleanup.register(topology.webhooks_retry_queue(delay))
         async with running_system(settings, config) as ingress:
             console = f"http://127.0.0.1:{settings.admin_port}"
             transaction_id = f"cpi_{secrets.token_hex(6).upper()}"

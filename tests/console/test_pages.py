@@ -320,3 +320,13 @@ async def _queue_depth(settings: Settings, name: str) -> int:
         return queue.declaration_result.message_count or 0
     finally:
         await connection.close()
+
+
+async def test_what_providers_send_is_escaped(console: Client, db: asyncpg.Connection) -> None:
+    evil = '<script>alert("x")</script>'
+    await data.apply(db, data.callback(data.Status.PENDING, "XSS-1", order_id=evil))
+    await signed_in(console)
+    listing = await (await console.get("/console/payments", params={"order_id": evil})).text()
+    assert "XSS-1" in listing
+    assert evil not in listing
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in listing

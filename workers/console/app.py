@@ -292,17 +292,25 @@ async def _login(request: web.Request) -> web.StreamResponse:
     target = _safe_next(_field(form, "next"))
     if state.limiter.blocked(client):
         return render(
-            request, "login.html", status=429, next=target, enabled=True,
+            request,
+            "login.html",
+            status=429,
+            next=target,
+            enabled=True,
             error="Too many failed attempts from your address; wait a minute.",
-        )  # fmt: skip
+        )
     cookie = state.sessions.login(_field(form, "token") or "")
     if cookie is None:
         state.limiter.failed(client)
         log.warning("console.login_failed", remote=client)
         return render(
-            request, "login.html", status=401, next=target, enabled=state.sessions.enabled,
+            request,
+            "login.html",
+            status=401,
+            next=target,
+            enabled=state.sessions.enabled,
             error="That is not one of the admin tokens.",
-        )  # fmt: skip
+        )
     session = state.sessions.verify(cookie)
     assert session is not None
     log.info("console.login", remote=client, token_fingerprint=session.token_fingerprint)
