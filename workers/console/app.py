@@ -12,8 +12,9 @@ and styles from the console only), forbid framing and caching.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ class ConsoleState:
     templates: jinja2.Environment
     probe: BrokerProbe
     jobs: Jobs
+    overview_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    overview_cache: tuple[float, dict[str, Any]] | None = None
 
     @property
     def topology(self) -> Topology:

@@ -7,6 +7,7 @@ use too) and render a template.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,9 @@ from workers.webhooks.filters import deliveries_of_events
 __all__ = ["add_routes"]
 
 log = structlog.get_logger(__name__)
+
+# Several operators (or tabs) polling the overview share one reading per process this long.
+OVERVIEW_TTL_S = 2.0
 
 # What each attention kind means and what to do, in docs/ledger.md's words.
 ATTENTION_HELP: dict[str, tuple[str, str]] = {
@@ -68,6 +72,19 @@ ATTENTION_HELP: dict[str, tuple[str, str]] = {
 
 
 async def _overview_data(request: web.Request) -> dict[str, Any]:
+    """The overview's figures, shared for ``OVERVIEW_TTL_S`` by every page open on it."""
+    state = console_state(request)
+    async with state.overview_lock:
+        cached = state.overview_cache
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < OVERVIEW_TTL_S:
+            return cached[1]
+        data = await _read_overview(request)
+        state.overview_cache = (now, data)
+        return data
+
+
+async def _read_overview(request: web.Request) -> dict[str, Any]:
     state = console_state(request)
     async with pool_of(request).acquire() as conn:
         view = await queries.overview(conn)

@@ -29,8 +29,9 @@ CREATE INDEX callbacks_recorded ON callbacks (recorded_at) INCLUDE (payment_id);
 -- change first, with or without a merchant. Partial: delivered ones never enter them.
 CREATE INDEX webhook_deliveries_trouble ON webhook_deliveries (updated_at, event_id, merchant)
     WHERE state IN ('failed', 'parked') OR (state = 'pending' AND attempts > 0);
+-- state included: the overview counts them per merchant and state from this index alone.
 CREATE INDEX webhook_deliveries_trouble_merchant
-    ON webhook_deliveries (merchant, updated_at, event_id)
+    ON webhook_deliveries (merchant, updated_at, event_id) INCLUDE (state)
     WHERE state IN ('failed', 'parked') OR (state = 'pending' AND attempts > 0);
 
 -- Bulk actions started from the console (a replay of every delivery matching a filter):
