@@ -105,3 +105,13 @@ def test_mask_value_masks_urls_and_nested_secrets() -> None:
         "url": "amqp://u:***@h/",
         "token": MASK,
     }
+
+
+def test_json_numbers_are_shown_as_written() -> None:
+    body = '{"data": {"attributes": {"amount": 22.00, "fee": 0.660, "n": 7, "key": 1.5}}}'
+    shown = mask_callback(_document({"method": "POST", "path": "/", "body": body}))
+    assert '"amount": 22.00' in shown.body_text
+    assert '"fee": 0.660' in shown.body_text
+    assert '"n": 7' in shown.body_text
+    assert '"key": "[masked]"' in shown.body_text
+    assert json.loads(shown.body_text)["data"]["attributes"]["amount"] == 22.0

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
+import orjson
 import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -140,6 +141,15 @@ def _span(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def _shown(value: Any) -> str:
+    """A document's value in a table cell: JSON for structures, ``-`` for null."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
+
+
 def _templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_HERE / "templates"),
@@ -148,7 +158,9 @@ def _templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=_money, when=_when, ago=_ago, span=_span, mask_urls=mask_urls)
+    env.filters.update(
+        money=_money, when=_when, ago=_ago, span=_span, mask_urls=mask_urls, shown=_shown
+    )
     env.globals.update(base=BASE, quote=lambda s: quote(str(s), safe=""))
     return env
 

@@ -23,11 +23,23 @@ from urllib.parse import parse_qsl
 
 from contracts.redact import mask_emails, mask_urls, sensitive_key
 
-__all__ = ["MASK", "MaskedCallback", "mask_callback", "mask_text", "mask_value"]
+__all__ = [
+    "MASK",
+    "MaskedCallback",
+    "Number",
+    "mask_callback",
+    "mask_text",
+    "mask_value",
+    "render_json",
+]
 
 MASK = "[masked]"
 _WALK_INTO = frozenset({"data", "body", "raw", "query"})
 _TEXT_LIMIT = 4096
+
+
+class Number(str):
+    """A JSON number exactly as the provider wrote it (``22.00`` stays ``22.00``)."""
 
 
 def mask_text(text: str) -> str:
@@ -44,6 +56,8 @@ def mask_value(value: Any, key: str | None = None) -> Any:
         return {k: mask_value(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_value(v) for v in value]
+    if isinstance(value, Number):
+        return value
     if isinstance(value, str):
         return mask_text(value)
     return value
@@ -62,6 +76,29 @@ class MaskedCallback:
     body_kind: str = "empty"  # empty | form | json | text | binary
     body_fields: list[tuple[str, str]] = field(default_factory=list)  # form
     body_text: str = ""  # json (indented) or text
+
+
+def _numbers_as_written(text: str) -> Any:
+    return json.loads(text, parse_float=Number, parse_int=Number)
+
+
+def render_json(value: Any, indent: str = "") -> str:
+    """Indented JSON; ``Number`` values verbatim, so amounts read as the provider sent them."""
+    inner = indent + "  "
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {render_json(v, inner)}"
+                 for k, v in value.items()]  # fmt: skip
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        items = [inner + render_json(v, inner) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    if isinstance(value, Number):
+        return str.__str__(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:
@@ -115,7 +152,7 @@ def _body(raw: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]], str]:
         pass
     else:
         if isinstance(document, dict | list):
-            shown = json.dumps(mask_value(document), indent=2, ensure_ascii=False)
+            shown = render_json(mask_value(_numbers_as_written(text)))
             return "json", [], shown[: _TEXT_LIMIT * 4]
     form = _parse_form(text.strip())
     if form:
