@@ -72,6 +72,7 @@ SELECT (SELECT count(*) FROM (SELECT 1 FROM events WHERE published_at IS NULL
                               LIMIT {_BACKLOG_CAP + 1}) s) AS unpublished,
        (SELECT created_at FROM events WHERE published_at IS NULL ORDER BY seq LIMIT 1) AS oldest
 """
+# The predicate exactly as webhook_deliveries_trouble_merchant's: an index-only scan.
 _TROUBLE_BY_MERCHANT = """
 SELECT merchant,
        count(*) FILTER (WHERE state = 'pending') AS failing,
@@ -79,7 +80,7 @@ SELECT merchant,
        count(*) FILTER (WHERE state = 'parked') AS parked,
        max(updated_at) AS latest
 FROM webhook_deliveries
-WHERE (state = 'failed' OR state = 'parked' OR (state = 'pending' AND attempts > 0))
+WHERE (state IN ('failed', 'parked') OR (state = 'pending' AND attempts > 0))
 GROUP BY merchant ORDER BY merchant
 """
 _DISABLED = """

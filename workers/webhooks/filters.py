@@ -45,11 +45,11 @@ __all__ = [
     "search_deliveries",
 ]
 
-_ARMS = {
-    "failing": "(state = 'pending' AND attempts > 0)",
-    "failed": "state = 'failed'",
-    "parked": "state = 'parked'",
-}
+# The default set is written exactly as the partial indexes' predicate (migration 070), so the
+# planner drops it as implied and can answer from the index alone (counts, per merchant).
+_FAILING = "(state = 'pending' AND attempts > 0)"
+_DEAD = {("failed",): "state = 'failed'", ("parked",): "state = 'parked'",
+         ("failed", "parked"): "state IN ('failed', 'parked')"}  # fmt: skip
 STATES = ("failing", "failed", "parked", "dead")
 DEFAULT_STATES = ("failing", "failed", "parked")
 MAX_LIMIT = 500
@@ -119,7 +119,13 @@ def _where(flt: DeliveryFilter, params: list[Any]) -> list[str]:
         params.append(value)
         return f"${len(params)}"
 
-    where = ["(" + " OR ".join(_ARMS[s] for s in flt.states) + ")"]
+    arms = []
+    dead = tuple(s for s in flt.states if s != "failing")
+    if dead:
+        arms.append(_DEAD[dead])
+    if "failing" in flt.states:
+        arms.append(_FAILING)
+    where = ["(" + " OR ".join(arms) + ")"]
     if flt.merchants is not None:
         where.append(f"merchant = ANY({param(list(flt.merchants))}::text[])")
     if flt.since is not None:
