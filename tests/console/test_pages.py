@@ -170,6 +170,7 @@ async def test_webhooks_failed_lists_exactly_what_replay_failed_replays(
         (["--merchant", "other"], {"parked"}),
         (["--endpoint", "http://127.0.0.1:9/hooks"], {"failing", "failed"}),
         (["--merchant", "other", "--endpoint", "http://127.0.0.1:9/hooks"], set()),
+        (["--merchant", "shop", "--endpoint", "http://127.0.0.1:9/nobody"], set()),
         (["--until", "1h"], set()),
     ]:
         assert await webhooks_command(["webhooks", "failed", *argv], settings, config) == 0

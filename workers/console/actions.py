@@ -54,7 +54,9 @@ def _delivery_filter(state: ConsoleState, params: Any) -> DeliveryFilter:
     if endpoint:
         merchants = merchants_of_endpoint(state.config, endpoint)
     if merchant:
-        merchants = tuple(m for m in (merchants or (merchant,)) if m == merchant)
+        merchants = (
+            (merchant,) if merchants is None else tuple(m for m in merchants if m == merchant)
+        )
 
     def when(name: str) -> datetime | None:
         text = (params.get(name) or "").strip()

@@ -101,7 +101,12 @@ def delivery_filter(args: argparse.Namespace, load_config: Callable[[], Config])
     if args.endpoint is not None:
         merchants = merchants_of_endpoint(load_config(), args.endpoint)
     if args.merchant is not None:
-        merchants = tuple(m for m in (merchants or (args.merchant,)) if m == args.merchant)
+        # With an endpoint too: that endpoint's merchants, if it is one of them.
+        merchants = (
+            (args.merchant,)
+            if merchants is None
+            else tuple(m for m in merchants if m == args.merchant)
+        )
     return DeliveryFilter(
         states=tuple(args.state or ()), merchants=merchants, since=args.since, until=args.until
     )
