@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import orjson
 import pytest
 from aiohttp import web
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -119,7 +121,10 @@ def _shot(browser: WebDriver, name: str) -> None:
 
 
 def _wait(browser: WebDriver, seconds: float = 15) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(browser, seconds, poll_frequency=0.1)
+    # Live parts are replaced while we read them: an element found a moment ago may be gone.
+    return WebDriverWait(
+        browser, seconds, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def _sign_in_and_open_payment(browser: WebDriver, base: str, transaction_id: str) -> str:
@@ -138,7 +143,7 @@ def _sign_in_and_open_payment(browser: WebDriver, base: str, transaction_id: str
     _wait(browser, 20).until(
         lambda b: b.find_element(By.CSS_SELECTOR, "#live .updated").text != first
     )
-    assert browser.find_element(By.ID, "attention-count").text == "1"
+    _wait(browser).until(ec.text_to_be_present_in_element((By.ID, "attention-count"), "1"))
     _shot(browser, "02-overview")
 
     browser.find_element(By.LINK_TEXT, "Payments").click()
@@ -215,6 +220,36 @@ async def _send(config: Config, base: str, provider: str, payment: SimulatedPaym
     assert status == 0, out.getvalue()
 
 
+async def _poison_the_ledger(amqp_url: str, topology: Topology) -> None:
+    """A message the ledger cannot read: it rejects it and the queue dead-letters it."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"not a callback", message_id="poison-1"),
+            routing_key=topology.ledger_queue,
+        )
+        async with asyncio.timeout(20):
+            while True:
+                probe = await connection.channel()
+                dead = await probe.declare_queue(topology.ledger_dead_queue, passive=True)
+                await probe.close()
+                if dead.declaration_result.message_count:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
+async def _depth(amqp_url: str, queue: str) -> int:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        declared = await (await connection.channel()).declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0
+    finally:
+        await connection.close()
+
+
 async def _wait_for_row(db: asyncpg.Connection, query: str, *args: Any) -> None:
     async with asyncio.timeout(20):
         while await db.fetchval(query, *args) is None:  # noqa: ASYNC110 - other roles' writes
@@ -265,6 +300,7 @@ async def test_operator_finds_a_payment_and_replays_its_failed_webhook(
                 event_id,
             )
             await _wait_for_row(db, "SELECT 1 FROM payments WHERE attention IS NOT NULL")
+            await _poison_the_ledger(amqp_url, topology)
 
             source = await asyncio.to_thread(
                 _sign_in_and_open_payment, driver, console, transaction_id
@@ -288,6 +324,9 @@ async def test_operator_finds_a_payment_and_replays_its_failed_webhook(
             others = await asyncio.to_thread(_other_pages, driver, console)
             assert "payer@example.com" not in others
             assert "no_expectation" in others
+            assert "First 1 of 1" in others  # the poison message, looked at, left in place
+            assert "poison-1" in others
+            assert await _depth(amqp_url, topology.ledger_dead_queue) == 1
 
     first, second = [r for r in merchant.requests if r.headers["webhook-id"] == event_id]
     assert len(merchant.requests) == 3  # the other event was not replayed
