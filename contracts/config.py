@@ -225,6 +225,9 @@ class Config:
     webhook_schedule: tuple[float, ...] = PAYSERA_RETRY_SCHEDULE
     ledger: Mapping[str, Any] = field(default_factory=dict)
     admin_tokens: tuple[Secret, ...] = ()
+    # The console's session cookie: True/False force its Secure flag; None (``"auto"``) sets
+    # it when the request came over https (behind a TLS-terminating proxy, say true).
+    admin_cookie_secure: bool | None = None
 
     def account(self, provider: str, name: str) -> ProviderAccount | None:
         return self.accounts.get((provider, name))
@@ -309,6 +312,7 @@ def parse_config(
         webhook_schedule=schedule,
         ledger=dict(data.get("ledger", {})),
         admin_tokens=resolve_secrets(admin.get("tokens", []), "admin.tokens", base, env),
+        admin_cookie_secure=_auto_bool(admin.get("cookie_secure", "auto"), "admin.cookie_secure"),
     )
 
 
@@ -321,6 +325,14 @@ _MERCHANT_OPTIONS: dict[str, type] = {
     "breaker_threshold": int,
     "breaker_cooldown_s": float,
 }
+
+
+def _auto_bool(value: Any, where: str) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return None
+    raise ConfigError(f"{where} must be true, false or \"auto\"")
 
 
 def _is_secret_ref(value: Any) -> bool:

@@ -16,38 +16,12 @@ from typing import Any
 import orjson
 import structlog
 
-from contracts.redact import mask_urls
+from contracts.redact import SENSITIVE_KEYS, mask_urls
 
 __all__ = ["configure_logging", "redact"]
 
-_SENSITIVE = frozenset(
-    {
-        "password",
-        "secret",
-        "secrets",
-        "token",
-        "key",
-        "api_key",
-        "authorization",
-        "ss1",
-        "ss2",
-        "ss3",
-        "sign",
-        "signature",
-        "data",
-        "body",
-        "raw",
-        "query",
-        "email",
-        "p_email",
-        "name",
-        "surname",
-        "surename",
-        "phone",
-        "from",
-        "sender",
-    }
-)
+# The key list lives in contracts (the operator console masks the same fields).
+_SENSITIVE = SENSITIVE_KEYS
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -6,6 +6,9 @@
 # payhook_services_up: start or reuse the servers, export their URLs, and register an EXIT trap
 # that stops only the servers this invocation started.
 # payhook_promtool: install promtool (Debian's prometheus package) when it is not on PATH.
+#
+# payhook_browser: install Debian's Chromium and ChromeDriver when /usr/bin/chromedriver is
+# missing (the console's browser tests, tests/console/test_browser.py, drive them).
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO" || exit 1
@@ -34,6 +37,17 @@ payhook_venv() {
     fi
     export PATH="$REPO/.venv/bin:$PATH"
     export VIRTUAL_ENV="$REPO/.venv"
+}
+
+payhook_browser() {
+    [[ -x /usr/bin/chromedriver && -x /usr/bin/chromium ]] && return 0
+    local sudo=() t0=$SECONDS
+    [[ $EUID -eq 0 ]] || sudo=(sudo)
+    echo "scripts: installing chromium and chromium-driver (apt-get) for the browser tests" >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
+        install -y -q chromium chromium-driver >&2
+    echo "scripts: installed chromium in $((SECONDS - t0))s" >&2
 }
 
 PAYHOOK_STARTED_FILE=

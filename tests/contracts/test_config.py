@@ -95,3 +95,16 @@ def test_boolean_settings_read_words_not_truthiness(raw: str, expected: bool) ->
     assert Settings.from_env({"PAYHOOK_LISTEN_REUSE_PORT": raw}).listen_reuse_port is expected
     with pytest.raises(ConfigError, match="PAYHOOK_LISTEN_REUSE_PORT"):
         Settings.from_env({"PAYHOOK_LISTEN_REUSE_PORT": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("auto", None), (True, True), (False, False)]
+)
+def test_admin_cookie_secure(value: object, expected: bool | None) -> None:
+    admin = {} if value is None else {"cookie_secure": value}
+    assert parse_config({"admin": admin}).admin_cookie_secure is expected
+
+
+def test_admin_cookie_secure_refuses_other_words() -> None:
+    with pytest.raises(ConfigError, match=r"admin\.cookie_secure"):
+        parse_config({"admin": {"cookie_secure": "yes"}})

@@ -8,6 +8,8 @@ tokens configured every request is refused.
                                         201 created, 200 unchanged/updated, 409 conflict, 400
     GET  /payments/<provider>/<txid>    the payment(s) with history and postings (?account=A)
     GET  /healthz                       200 while the process runs
+    /console/…                          the operator console (``workers.console``; its own
+                                        sign-in with the same tokens)
 
 It listens from the start, also while Postgres is away: requests that need the database are
 answered 503 (``database unavailable``) until it is back, so a caller knows to try again.
@@ -25,10 +27,11 @@ import orjson
 import structlog
 from aiohttp import web
 
-from contracts.config import Config
+from contracts.config import Config, Settings
 from runtime import database
 from runtime.errors import describe, is_database_outage
 from runtime.process import RoleContext
+from workers.console import owns, register_console
 from workers.ledger.apply import Policy
 from workers.ledger.expectations import InvalidExpectation, parse_expectation
 from workers.ledger.orders import register_order
@@ -75,7 +78,7 @@ def _authorized(request: web.Request) -> bool:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz" or _authorized(request):
+    if request.path == "/healthz" or owns(request) or _authorized(request):
         return await handler(request)
     log.warning("ledger.admin_unauthorized", path=request.path, remote=request.remote)
     return _json({"error": "unauthorized"}, status=401)
@@ -134,7 +137,10 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def build_admin_app(pool: asyncpg.Pool[Any] | None, config: Config) -> web.Application:
+def build_admin_app(
+    pool: asyncpg.Pool[Any] | None, config: Config, settings: Settings | None = None
+) -> web.Application:
+    """The admin app; with ``settings`` (the broker it reads), the console too."""
     app = web.Application(middlewares=[_auth, _database_outage], client_max_size=_MAX_BODY)
     app[POOL] = PoolRef(pool)
     app[CONFIG] = config
@@ -143,6 +149,8 @@ def build_admin_app(pool: asyncpg.Pool[Any] | None, config: Config) -> web.Appli
     app.router.add_post("/orders", _orders)
     app.router.add_get("/payments/{provider}/{transaction_id}", _payment)
     app.router.add_get("/healthz", _healthz)
+    if settings is not None:
+        register_console(app, app[POOL], config, settings)
     return app
 
 
@@ -152,7 +160,7 @@ async def run_admin(ctx: RoleContext) -> None:
     # Registered before the first await: /readyz must not say ready (no dependency known
     # yet) while the listener starts and Postgres was never reached.
     postgres = ctx.dependency("postgres")
-    app = build_admin_app(None, config)
+    app = build_admin_app(None, config, settings)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s
     )

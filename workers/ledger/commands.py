@@ -1,6 +1,9 @@
 """``payhook payments …`` and ``payhook ledger …``: what an operator asks the ledger.
 
     payhook payments show <provider> <transaction-id> [--account A] [--json]
+    payhook payments list [--provider P] [--transaction-id T] [--order O] [--merchant M]
+                          [--state S] [--since T] [--until T] [--attention [KIND]]
+                          [--limit N] [--after CURSOR] [--json]
     payhook ledger balances [--merchant M] [--json]
     payhook ledger check [--json]          exit 1 on any breached invariant
     payhook ledger replay-dead [--limit N] [--queue ledger|orders]
@@ -29,6 +32,10 @@ from workers import amqp, db
 from workers.ledger.check import check_ledger
 from workers.ledger.consumer import HEADER_ERROR, HEADER_FAILED_AT
 from workers.ledger.queries import balances, payment_details
+from workers.ledger.search import ATTENTION_KINDS, InvalidFilter, PaymentFilter, search_payments
+from workers.ledger.states import RANK
+from workers.webhooks.table import render
+from workers.when import parse_since
 
 __all__ = ["HEADER_REPLAYED", "register", "replay_dead"]
 
@@ -62,6 +69,26 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--account", help="the provider account (when the id exists in several)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=show_command)
+    p = psub.add_parser("list", help="search payments, newest first (the console's filters)")
+    p.add_argument("--provider")
+    p.add_argument("--transaction-id", dest="transaction_id")
+    p.add_argument("--order", dest="order_id", help="the merchant's order id")
+    p.add_argument("--merchant")
+    p.add_argument("--state", choices=sorted(RANK))
+    p.add_argument("--since", type=parse_since, help="created at or after T (ISO time or 2h)")
+    p.add_argument("--until", type=parse_since, help="created before T")
+    p.add_argument(
+        "--attention",
+        nargs="?",
+        const="any",
+        choices=("any", *ATTENTION_KINDS),
+        help="only payments waiting for an operator (of this kind: held, mismatch, "
+        "conflict, invalid)",
+    )
+    p.add_argument("--limit", type=int, default=50, help="per page (default 50, at most 500)")
+    p.add_argument("--after", metavar="CURSOR", help="the next page (printed after a page)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=list_command)
 
     ledger = subparsers.add_parser("ledger", help="ledger balances, invariants, dead letters")
     lsub = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
@@ -148,6 +175,52 @@ async def show_command(args: argparse.Namespace, settings: Settings, _: ConfigLo
         return 0
     for payment in found:
         _print_payment(payment)
+    return 0
+
+
+async def list_command(args: argparse.Namespace, settings: Settings, _: ConfigLoader) -> int:
+    try:
+        flt = PaymentFilter(
+            provider=args.provider,
+            transaction_id=args.transaction_id,
+            order_id=args.order_id,
+            merchant=args.merchant,
+            state=args.state,
+            since=args.since,
+            until=args.until,
+            attention=args.attention,
+        )
+        conn = await db.connect(settings.database_url)
+        try:
+            page = await search_payments(conn, flt, limit=args.limit, after=args.after)
+        finally:
+            await conn.close()
+    except InvalidFilter as exc:
+        print(f"payments list: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        doc = {"payments": page.rows, "next": page.next_cursor}
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    rows = [
+        [
+            str(r["created_at"])[:19],
+            f"{r['provider']}/{r['account']}",
+            r["transaction_id"],
+            r["kind"],
+            r["state"],
+            r["merchant"] or "-",
+            r["order_id"] or "-",
+            _money(r["amount"], r["currency"]),
+            r["attention"] or "",
+        ]
+        for r in page.rows
+    ]
+    header = ["CREATED", "PROVIDER", "TRANSACTION", "KIND", "STATE", "MERCHANT", "ORDER"]
+    print(render([*header, "AMOUNT", "ATTENTION"], rows))
+    print(f"{len(rows)} payments", file=sys.stderr)
+    if page.next_cursor is not None:
+        print(f"more: --after {page.next_cursor}", file=sys.stderr)
     return 0
 
 

@@ -1,44 +1,50 @@
 """``payhook webhooks …``: attempt history, failed deliveries, replay, enable/disable.
 
     payhook webhooks attempts <event-id>
-    payhook webhooks failed [--merchant M] [--since T]
+    payhook webhooks failed [FILTERS]
     payhook webhooks replay <event-id>... [--merchant M]
-    payhook webhooks replay --failed [--merchant M] [--since T]
+    payhook webhooks replay --failed [FILTERS]        (or any --state: the same filters)
     payhook webhooks enable <merchant>
     payhook webhooks disable <merchant> [--reason TEXT]
 
-``T`` is an ISO 8601 time (``2024-05-01T12:00``, UTC unless it says otherwise) or an age
-(``90s``, ``15m``, ``2h``, ``3d``). A replay re-queues the event for a fresh schedule (attempt
-1, a new round) with the body read back from the ``events`` table, so the event id and the
-payload are the ones the merchant may already have seen.
+    FILTERS: [--state failing|failed|parked|dead]... [--merchant M] [--endpoint URL]
+             [--since T] [--until T]
+
+``failed`` lists, and ``replay --failed`` replays, the very same deliveries for the same
+filters (``workers.webhooks.filters``; by default failing, failed and parked ones). ``T`` is
+an ISO 8601 time (``2024-05-01T12:00``, UTC unless it says otherwise) or an age (``90s``,
+``15m``, ``2h``, ``3d``). A replay re-queues the event for a fresh schedule (attempt 1, a new
+round) with the body read back from the ``events`` table, so the event id and the payload are
+the ones the merchant may already have seen.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from contracts.config import Config, Settings
-from contracts.topology import Topology
-from workers import amqp, db
+from workers import db
 from workers.webhooks import store
 from workers.webhooks.consumer import subscribed
-from workers.webhooks.messages import replay_message
+from workers.webhooks.filters import (
+    STATES,
+    DeliveryFilter,
+    count_deliveries,
+    list_deliveries,
+    merchants_of_endpoint,
+)
 from workers.webhooks.progress import Progress
+from workers.webhooks.replay import replay_deliveries
 from workers.webhooks.table import render
+from workers.when import parse_since
 
-__all__ = ["parse_since", "register"]
-
-_REPLAY_BATCH = 200
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+__all__ = ["delivery_filter", "parse_since", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -49,13 +55,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("event_id")
     p.set_defaults(handler=attempts_command)
 
-    p = sub.add_parser("failed", help="deliveries that are failed, parked or failing")
+    p = sub.add_parser("failed", help="deliveries that are failing, failed or parked")
     _filters(p)
     p.set_defaults(handler=failed_command)
 
     p = sub.add_parser("replay", help="re-queue deliveries for a fresh schedule")
     p.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
-    p.add_argument("--failed", action="store_true", help="every failed or parked delivery")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        help="every delivery 'webhooks failed' lists for the same filters",
+    )
     _filters(p)
     p.set_defaults(handler=replay_command)
 
@@ -71,23 +81,35 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merchant", help="only this merchant")
+    parser.add_argument("--endpoint", help="only merchants whose webhook URL is this")
+    parser.add_argument(
+        "--state",
+        action="append",
+        choices=STATES,
+        help="failing (retry scheduled), failed (schedule used up), parked (endpoint "
+        "disabled), dead (failed or parked); repeatable; default: failing, failed, parked",
+    )
     parser.add_argument(
         "--since", type=parse_since, help="changed at or after T (ISO time or age: 2h, 3d)"
     )
+    parser.add_argument("--until", type=parse_since, help="changed before T")
 
 
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    match = _AGE.match(text.strip())
-    if match:
-        seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither an ISO 8601 time nor an age like 2h"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+def delivery_filter(args: argparse.Namespace, load_config: Callable[[], Config]) -> DeliveryFilter:
+    """The filter of ``webhooks failed`` and ``webhooks replay --failed``: one for both."""
+    merchants: tuple[str, ...] | None = None
+    if args.endpoint is not None:
+        merchants = merchants_of_endpoint(load_config(), args.endpoint)
+    if args.merchant is not None:
+        # With an endpoint too: that endpoint's merchants, if it is one of them.
+        merchants = (
+            (args.merchant,)
+            if merchants is None
+            else tuple(m for m in merchants if m == args.merchant)
+        )
+    return DeliveryFilter(
+        states=tuple(args.state or ()), merchants=merchants, since=args.since, until=args.until
+    )
 
 
 ConfigLoader = Callable[[], Config]
@@ -129,11 +151,10 @@ async def attempts_command(
 async def failed_command(
     args: argparse.Namespace, settings: Settings, load_config: ConfigLoader
 ) -> int:
+    flt = delivery_filter(args, load_config)
     conn = await db.connect(settings.database_url)
     try:
-        rows = await store.deliveries_needing_attention(
-            conn, merchant=args.merchant, since=args.since, include_failing=True
-        )
+        rows = await list_deliveries(conn, flt)
     finally:
         await conn.close()
     table = [
@@ -141,7 +162,7 @@ async def failed_command(
             r["event_id"],
             r["merchant"],
             r["event_type"],
-            r["state"],
+            _shown_state(r),
             str(r["attempts"]),
             _time(r["last_attempt_at"]),
             str(r["last_status"] or "") or (r["last_error"] or ""),
@@ -151,25 +172,28 @@ async def failed_command(
     ]
     header = ["EVENT", "MERCHANT", "TYPE", "STATE", "ATTEMPTS", "LAST", "LAST ERROR", "NEXT"]
     print(render(header, table))
-    print(f"{len(rows)} deliveries", file=sys.stderr)
+    print(f"{len(rows)} deliveries ({flt.describe()})", file=sys.stderr)
     return 0
+
+
+def _shown_state(row: Any) -> str:
+    return "failing" if row["state"] == "pending" else str(row["state"])
 
 
 async def replay_command(
     args: argparse.Namespace, settings: Settings, load_config: ConfigLoader
 ) -> int:
-    if args.failed == bool(args.event_ids):
-        print("replay: give event ids, or --failed (not both)", file=sys.stderr)
+    by_filter = args.failed or bool(args.state)
+    if by_filter == bool(args.event_ids):
+        print("replay: give event ids, or --failed/--state (not both)", file=sys.stderr)
         return 2
-    if args.event_ids and args.since is not None:
-        print("replay: --since goes with --failed", file=sys.stderr)
+    if args.event_ids and (args.since, args.until, args.endpoint) != (None, None, None):
+        print("replay: --since, --until and --endpoint go with --failed/--state", file=sys.stderr)
         return 2
     conn = await db.connect(settings.database_url)
     try:
-        if args.failed:
-            rows = await store.deliveries_needing_attention(
-                conn, merchant=args.merchant, since=args.since
-            )
+        if by_filter:
+            rows = await list_deliveries(conn, delivery_filter(args, load_config))
             pairs = [(r["event_id"], r["merchant"]) for r in rows]
             problems: list[str] = []
         else:
@@ -179,11 +203,17 @@ async def replay_command(
         pairs = list(dict.fromkeys(pairs))
         for problem in problems:
             print(f"replay: {problem}", file=sys.stderr)
-        replayed = await _replay(conn, settings, pairs, bulk=args.failed or len(pairs) > 1)
+        progress = Progress(len(pairs), label="replay", enabled=by_filter or len(pairs) > 1)
+        try:
+            result = await replay_deliveries(conn, settings, pairs, progress.update)
+        finally:
+            progress.close()
     finally:
         await conn.close()
-    print(f"replayed {replayed} deliveries")
-    return 1 if problems or replayed < len(pairs) else 0
+    for e, m in result.missing:
+        print(f"replay: event {e} ({m}) is not in the events table", file=sys.stderr)
+    print(f"replayed {result.replayed} deliveries")
+    return 1 if problems or result.replayed < len(pairs) else 0
 
 
 async def _explicit_targets(
@@ -220,72 +250,22 @@ async def _explicit_targets(
     return pairs, problems
 
 
-async def _replay(
-    conn: asyncpg.Connection[Any],
-    settings: Settings,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    bulk: bool,
-) -> int:
-    """Start a new round for each pair and publish it, batch by batch, with confirms."""
-    if not pairs:
-        return 0
-    topology = Topology(settings.amqp_namespace)
-    connection = await amqp.connect(settings.amqp_url, name="payhook-webhooks-replay")
-    progress = Progress(len(pairs), label="replay", enabled=bulk)
-    replayed = 0
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        # Declared here too, so a replay before the first worker start still has its queue.
-        await amqp.declare_topology(channel, topology)
-        for start in range(0, len(pairs), _REPLAY_BATCH):
-            batch = list(dict.fromkeys(pairs[start : start + _REPLAY_BATCH]))
-            events = await store.events_by_id(conn, [e for e, _ in batch])
-            for e, m in batch:
-                if e not in events:
-                    print(f"replay: event {e} ({m}) is not in the events table", file=sys.stderr)
-            batch = [(e, m) for e, m in batch if e in events]
-            async with conn.transaction():
-                rounds = await store.start_rounds(
-                    conn, [(e, m, events[e]["type"]) for e, m in batch]
-                )
-                await asyncio.gather(
-                    *(
-                        channel.default_exchange.publish(
-                            replay_message(
-                                events[e]["body"], m, rounds[(e, m)], events[e]["correlation_id"]
-                            ),
-                            routing_key=topology.webhooks_queue,
-                            mandatory=True,
-                            timeout=settings.publish_timeout_s,
-                        )
-                        for e, m in batch
-                    )
-                )
-            replayed += len(batch)
-            progress.update(len(batch))
-    finally:
-        progress.close()
-        await connection.close()
-    return replayed
-
-
 async def enable_command(
     args: argparse.Namespace, settings: Settings, load_config: ConfigLoader
 ) -> int:
     conn = await db.connect(settings.database_url)
     try:
         was_disabled = await store.enable_endpoint(conn, args.merchant)
-        parked = await store.deliveries_needing_attention(
-            conn, merchant=args.merchant, since=None, states=("parked",)
+        parked = await count_deliveries(
+            conn, DeliveryFilter(states=("parked",), merchants=(args.merchant,))
         )
     finally:
         await conn.close()
     print(f"{args.merchant}: enabled" + ("" if was_disabled else " (was not disabled)"))
     if parked:
         print(
-            f"{len(parked)} parked deliveries; to send them: "
-            f"payhook webhooks replay --failed --merchant {args.merchant}",
+            f"{parked} parked deliveries; to send them: "
+            f"payhook webhooks replay --state parked --merchant {args.merchant}",
             file=sys.stderr,
         )
     return 0
