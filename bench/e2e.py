@@ -244,7 +244,10 @@ async def sender_main(spec: dict[str, Any]) -> None:
 
         return done
 
+    give_up = t0 + total / rate + float(spec["grace"])
     for k, i in enumerate(numbers):
+        if time.time() > give_up:
+            break  # the rest stays unsent: the system (or this sender) could not keep up
         delay = t0 + i / rate - time.time()
         if delay > 0.0005:
             await asyncio.sleep(delay)
@@ -508,6 +511,63 @@ async def confirm_probe(amqp_url: str, until: float, every: float = 0.05) -> lis
     return sorted(latencies)
 
 
+def _metric_sums(text: str, names: Sequence[str]) -> dict[str, float]:
+    """Sum of every sample of each metric in ``names`` (all label sets) in a /metrics page."""
+    sums = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+_WATCHED = (
+    "payhook_ingress_confirms_in_flight",
+    "payhook_ingress_ack_seconds_sum",
+    "payhook_ingress_ack_seconds_count",
+)
+
+
+async def watch(
+    every: float,
+    until: Callable[[], bool],
+    health_ports: Sequence[int],
+    merchant_port: int,
+    amqp_url: str,
+    topology: Topology,
+    conn: asyncpg.Connection[Any],
+) -> None:
+    """Every ``every`` s: backlog, webhooks so far, and the ingress's own view (its /metrics:
+    confirms awaited, mean ack time measured inside the handler) to compare with the sender's."""
+    import aiohttp
+
+    started = time.time()
+    last = dict.fromkeys(_WATCHED, 0.0)
+    async with aiohttp.ClientSession() as session:
+        while not until():
+            sums = dict.fromkeys(_WATCHED, 0.0)
+            for port in health_ports:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        if resp.status == 200:
+                            for k, v in _metric_sums(await resp.text(), _WATCHED).items():
+                                sums[k] += v
+            count = sums[_WATCHED[2]] - last[_WATCHED[2]]
+            mean = (sums[_WATCHED[1]] - last[_WATCHED[1]]) / count * 1000 if count else 0.0
+            last = sums
+            backlog = await _backlog(amqp_url, topology, conn)
+            stats = await _merchant_stats(merchant_port)
+            print(
+                f"    t+{time.time() - started:4.0f} s: "
+                + ", ".join(f"{k} {v}" for k, v in backlog.items())
+                + f"; webhooks {stats['unique']}; ingress: {count / every:,.0f} acked/s,"
+                f" mean ack {mean:.0f} ms in the handler,"
+                f" {sums[_WATCHED[0]]:.0f} confirms awaited",
+                flush=True,
+            )
+            await asyncio.sleep(every)
+
+
 async def _merchant_stats(port: int) -> dict[str, int]:
     import aiohttp
 
@@ -619,6 +679,8 @@ async def run_once(
     await admin.close()
     conn = await asyncpg.connect(database_url)
     senders: list[subprocess.Popen[bytes]] = []
+    finished = False
+    watcher: asyncio.Task[None] | None = None
     try:
         pg_stats = True
         try:
@@ -658,6 +720,7 @@ async def run_once(
                 "config": str(config_path), "port": listen_port, "rate": rate, "total": total,
                 "index": n, "senders": args.senders, "prefix": prefix,
                 "connections": args.connections, "max_connections": args.max_connections,
+                "grace": 5.0,
                 "out": str(work / f"sender-{namespace}-{n}.json"),
             }  # fmt: skip
             sender = subprocess.Popen(  # noqa: ASYNC220
@@ -688,6 +751,14 @@ async def run_once(
             assert sender.stdin is not None
             sender.stdin.write(f"{t0!r}\n".encode())
             sender.stdin.flush()
+        if args.watch:
+            watch_conn = await asyncpg.connect(database_url)
+            watcher = asyncio.create_task(
+                watch(
+                    args.watch, lambda: finished, health_ports, merchant_port, amqp_url,
+                    topology, watch_conn,
+                )
+            )  # fmt: skip
         probe = await confirm_probe(amqp_url, t0 + args.seconds)
         await asyncio.sleep(max(0.0, t0 + args.seconds - time.time()))
         backlog = await _backlog(amqp_url, topology, conn)
@@ -695,7 +766,7 @@ async def run_once(
         sent_stats = await _merchant_stats(merchant_port)
         for sender in senders:
             assert sender.stdout is not None
-            line = await asyncio.wait_for(asyncio.to_thread(sender.stdout.readline), 60)
+            line = await asyncio.wait_for(asyncio.to_thread(sender.stdout.readline), 90)
             if line.strip() != b"DONE":
                 raise RuntimeError("a sender failed (see its traceback above)")
             await asyncio.to_thread(sender.wait, 10)
@@ -720,15 +791,21 @@ async def run_once(
                     drained_at = time.time()
                     break
             await asyncio.sleep(0.2)
+        finished = True
+        if watcher is not None:
+            await watcher
+            await watch_conn.close()
         after = await procs.snapshot(conn)
         expected = await conn.fetchval("SELECT count(*) FROM events")
         statements = await _statement_stats(conn) if pg_stats else None
         records = await _merchant_dump(merchant_port)
     finally:
+        finished = True
         _stop(senders)
         _stop(started[1:])  # payhook first, then the merchant
         _stop(started[:1])
         await conn.close()
+        await _delete_namespace(amqp_url, topology)
 
     # -- figures
     sends = sorted(w for w in written if w)
@@ -754,11 +831,14 @@ async def run_once(
     why = ""
     if sender_limited:
         if sender_cpu > 0.8 * max(elapsed, 1e-9):
-            why = "a sender process used a whole core"
+            why = "SENDER-LIMITED: a sender process used a whole core"
         elif waited:
-            why = f"all {opened} connections were waiting for answers {waited} times"
+            why = (
+                f"OFFERED RATE NOT HELD: all {opened} connections were waiting for answers"
+                f" {waited} times (payhook answers too slowly, not the sender's CPU)"
+            )
         else:
-            why = "sends started late: the CPU was busy elsewhere"
+            why = "OFFERED RATE NOT HELD: sends started late (the CPU was busy elsewhere)"
     result = RunResult(
         layout, rate, ceiling, achieved, len(sends), acked,
         _percentile(acks, 0.5) * 1000, _percentile(acks, 0.99) * 1000, lag_p99 * 1000,
@@ -771,14 +851,16 @@ async def run_once(
 
     # -- report
     print(
-        f"  [{layout} @ {rate:,.0f}/s] sent {len(sends)} at {achieved:,.0f}/s"
+        f"  [{layout} @ {rate:,.0f}/s] sent {len(sends)}"
+        + (f" ({len(written) - len(sends)} never sent)" if len(written) > len(sends) else "")
+        + f" at {achieved:,.0f}/s"
         f" ({achieved / rate * 100:.0f} % of offered, {achieved / ceiling:.2f} x broker ceiling);"
         f" acked {acked}/{len(sends)}; ack p50 {result.ack_p50:.1f} ms,"
         f" p99 {result.ack_p99:.1f} ms;"
         f" sender lag p99 {result.lag_p99:.1f} ms"
         + f"; {opened} connections; broker confirm probe p50"
         f" {_percentile(probe, 0.5) * 1000:.1f} ms, p99 {_percentile(probe, 0.99) * 1000:.1f} ms"
-        + (f" -- SENDER-LIMITED: {why}" if sender_limited else ""),
+        + (f" -- {why}" if sender_limited else ""),
         flush=True,
     )
     print(
@@ -846,7 +928,6 @@ async def run_once(
             print(f"    py-spy {path.stem}: {hot}")
 
     # -- clean up
-    await _delete_namespace(amqp_url, topology)
     if not args.keep:
         admin = await asyncpg.connect(server_url)
         try:
@@ -889,7 +970,7 @@ def _summary(results: list[RunResult]) -> None:
             f" duplicates {spread([float(r.received - r.unique) for r in rs])};"
             f" drain {spread(drains, '{:.1f}')} s"
             + (f" ({undrained} not drained)" if undrained else "")
-            + (" [sender-limited in some runs]" if any(r.sender_limited for r in rs) else "")
+            + (" [offered rate not held in some runs]" if any(r.sender_limited for r in rs) else "")
         )
         roles = sorted({k for r in rs for k in r.cpu}, key=lambda k: -statistics.median(
             [r.cpu.get(k, 0.0) * 1e6 / max(r.acked, 1) for r in rs]))  # fmt: skip
@@ -961,6 +1042,7 @@ def cli() -> int:
     parser.add_argument(
         "--max-connections", type=int, default=256, help="per sender, opened when all are busy"
     )
+    parser.add_argument("--watch", type=float, default=0, help="print progress every N s")
     parser.add_argument("--py-spy", metavar="DIR", help="profile every payhook process (raw)")
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     parser.add_argument("--ceiling-seconds", type=float, default=5.0)
