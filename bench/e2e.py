@@ -12,9 +12,11 @@ For each ``--rates`` value and ``--layouts`` entry this starts, from scratch:
 - ``--senders`` open-loop sender processes: callback ``i`` is due at ``t0 + i / rate`` whatever
   the answers so far, round-robin over Paysera, Paygol, PayCore and Paypro (Paysepro is held
   until its order is registered, so it is left out), every one signed beforehand and written
-  as raw HTTP/1.1 on ``--connections`` keep-alive connections per sender (one request at a
-  time on each, as a provider does). A callback finding no free connection waits: that is
-  the sender's lag, and the run says when the sender itself was the limit.
+  as raw HTTP/1.1 on keep-alive connections, one request at a time on each: ``--connections``
+  per sender at first, another whenever all are busy (as a provider would), up to
+  ``--max-connections``. A callback finding none free waits: that is the sender's lag, and the
+  run says whether the sender's CPU or payhook's answers were the limit. A sender gives up 5 s
+  after its last callback was due; what it never sent is reported.
 
 Per run it prints the achieved send rate, acked/sent, ack p50/p99 (from the moment the request
 was written), callback → webhook p50/p99/max (send time matched by transaction id), webhooks
@@ -28,6 +30,11 @@ it also counts the SQL statements per delivered webhook.
 
     PAYHOOK_DATABASE_URL=… PAYHOOK_AMQP_URL=… .venv/bin/python bench/e2e.py \
         --rates 250,500,1000,2000 --seconds 30 --layouts single,split --repeat 2
+
+Diagnosis: ``--watch 3`` prints the backlog and the ingress's own view (from its /metrics:
+confirms awaited, mean ack inside the handler) every 3 s; ``--py-spy DIR`` records every payhook
+process (py-spy, raw) and prints where each spends its samples; ``--layouts ingress`` runs the
+two ingress processes alone; ``--max-in-flight N`` sets the merchant's concurrency limit.
 
 Each run stops by itself (``--seconds`` of sending, at most ``--drain-timeout`` of draining)
 and cleans up its processes, queues and database.
