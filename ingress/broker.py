@@ -3,10 +3,11 @@
 The ingress answers a provider only after RabbitMQ confirmed the persistent, mandatory
 publish that carries its callback. Callbacks that become ready in the same turn of the event
 loop travel together in one AMQP message (a JSON array; a lone callback is sent as a plain
-object), and every request in it awaits that message's confirm. Why batch: on this hardware
-the broker spends ~240 us of CPU per persistent confirmed message on a quorum queue and
-aio-pika ~100 us more, so one message per callback caps the ingress near the broker's
-~2-3k msg/s; a batch divides both by its size. No time is waited for a batch to fill: under
+object), and every request in it awaits that message's confirm. Why batch: each persistent
+confirmed message costs the broker (quorum queue) and aio-pika CPU of their own, so one
+message per callback caps the ingress at the broker's confirmed-publish ceiling; a batch
+divides that cost by its size (bench/ingress_ceiling.py measures both in one run). No time
+is waited for a batch to fill: under
 light load every batch holds one callback, so batching adds no latency, and under heavy load
 batches grow with the number of requests that arrive together. Many batches are in flight at
 once; none waits for another's confirm.
