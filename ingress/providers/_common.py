@@ -218,6 +218,8 @@ def plain_length(value: Decimal) -> int:
         return len(str(value))
     sign = 1 if value.is_signed() else 0
     if power >= 0:
+        if not any(digits):  # zero: "0E+1" is written "0", whatever the exponent
+            return sign + 1
         return sign + len(digits) + power
     whole = max(len(digits) + power, 1)  # "0.05" still writes its leading zero
     return sign + whole + 1 + -power

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ingress.providers._common import (
@@ -36,6 +36,8 @@ def refusal(call: Any, *args: Any, **kwargs: Any) -> tuple[int, str]:
         Decimal, st.from_regex(r"-?[0-9]{1,30}(\.[0-9]{0,30})?(E[+-]?[0-9]{1,3})?", fullmatch=True)
     )
 )
+@example(Decimal("0E+1"))  # found by hypothesis: zero writes "0" whatever its exponent
+@example(Decimal("-0E+5"))
 def test_plain_length_is_what_format_writes(value: Decimal) -> None:
     assert plain_length(value) == len(format(value, "f"))
 
