@@ -23,10 +23,6 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
-# No per-example deadline: on a loaded 2-core CI machine a slow example is load, not a bug,
-# and speed is measured by bench/, never by tests.
-settings.register_profile("payhook", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("payhook")
 
 from .servers import (
     BrokerControl,
@@ -44,6 +40,12 @@ from .servers import (
     truncate_all,
     wait_for_amqp,
 )
+
+# No per-example deadline: on a loaded 2-core CI machine a slow example is load, not a bug,
+# and speed is measured by bench/, never by tests.
+settings.register_profile("payhook", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("payhook")
+
 
 # ---------------------------------------------------------------------------------- Postgres
 
