@@ -23,7 +23,6 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
-
 from .servers import (
     BrokerControl,
     BrokerJanitor,

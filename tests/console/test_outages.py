@@ -58,9 +58,12 @@ async def test_without_rabbitmq_depths_say_so_and_a_replay_is_refused(
         assert response.status == 503
         assert "RabbitMQ unavailable" in await response.text()
         # Nothing changed: the round starts only with a publish.
-        assert await db.fetchval(
-            "SELECT round FROM webhook_deliveries WHERE event_id = $1", events["failed"]
-        ) == 0
+        assert (
+            await db.fetchval(
+                "SELECT round FROM webhook_deliveries WHERE event_id = $1", events["failed"]
+            )
+            == 0
+        )
         unknown = await client.post("/console/endpoints/nobody/disable", data={"csrf": csrf})
         assert unknown.status == 404
         enable = await client.post(

@@ -118,8 +118,8 @@ async def test_payment_pages_search_show_history_and_mask_raw_requests(
     found = await console.get("/console/payments", params={"transaction_id": "PS-1"})
     assert found.status == 200
     listing = await found.text()
-    assert f'/console/payments/{ids["PS-1"]}' in listing
-    assert f'/console/payments/{ids["PS-2"]}' not in listing
+    assert f"/console/payments/{ids['PS-1']}" in listing
+    assert f"/console/payments/{ids['PS-2']}" not in listing
     bad = await console.get("/console/payments", params={"since": "yesterday-ish"})
     assert bad.status == 400
     assert "neither an ISO 8601 time nor an age" in await bad.text()
@@ -227,15 +227,22 @@ async def test_console_replays_all_matching_after_a_confirmation(
 
     one = await console.post(
         "/console/deliveries/replay",
-        data={"csrf": csrf, "event_id": events["failing"], "merchant": "shop",
-              "back": "/console/deliveries?state=failing"},
+        data={
+            "csrf": csrf,
+            "event_id": events["failing"],
+            "merchant": "shop",
+            "back": "/console/deliveries?state=failing",
+        },
         allow_redirects=False,
     )
     assert one.status == 303
     assert one.headers["Location"] == "/console/deliveries?state=failing&notice=replayed&n=1"
-    assert await db.fetchval(
-        "SELECT round FROM webhook_deliveries WHERE event_id = $1", events["failing"]
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT round FROM webhook_deliveries WHERE event_id = $1", events["failing"]
+        )
+        == 1
+    )
     assert await _queue_depth(settings, Topology(settings.amqp_namespace).webhooks_queue) == 3
 
 
