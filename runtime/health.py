@@ -38,6 +38,9 @@ class Health:
     dependencies: dict[str, Dependency] = field(default_factory=dict)
     # Extra routes other parts of the process add to the health listener (e.g. /metrics).
     routes: list[Callable[[web.Application], None]] = field(default_factory=list)
+    # False until every role has started and registered what it needs (before that an empty
+    # or partial set of dependencies would read as "all up").
+    started: bool = False
 
     def dependency(self, name: str) -> Dependency:
         """The state of ``name`` (``"ledger.postgres"``), registered on first use."""
@@ -48,11 +51,12 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return all(dep.is_up for dep in self.dependencies.values())
+        return self.started and all(dep.is_up for dep in self.dependencies.values())
 
     def report(self) -> dict[str, object]:
         return {
             "ready": self.ready,
+            "started": self.started,
             "dependencies": {
                 dep.name: "up" if dep.is_up else f"down: {dep.reason}"
                 for dep in self.dependencies.values()

@@ -124,12 +124,20 @@ async def run_roles(
         )
         if code != EXIT_OK or stop.is_set():
             return code
-    results = await asyncio.gather(
+    running = asyncio.gather(
         *(
             _supervise(name, role, RoleContext(name, settings, config, stop, health))
             for name, role in roles.items()
         )
     )
+    # Each role registers its dependencies before its first await; one turn of the loop
+    # later every one is known, and readiness may speak.
+    await asyncio.sleep(0)
+    health.started = True
+    try:
+        results = await running
+    finally:
+        health.started = False
     return max(results, default=EXIT_OK)
 
 

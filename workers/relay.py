@@ -86,6 +86,7 @@ async def run_relay(ctx: RoleContext) -> None:
     settings, stop = ctx.settings, ctx.stop
     topology = Topology(settings.amqp_namespace)
     postgres = ctx.dependency("postgres")
+    rabbitmq = ctx.dependency("rabbitmq")  # registered now: readiness knows both at once
     pool = await database.open_pool(settings.database_url, stop, postgres, min_size=1, max_size=2)
     if pool is None:
         return
@@ -108,7 +109,7 @@ async def run_relay(ctx: RoleContext) -> None:
         await run_sessions(
             BrokerNodes(settings.amqp_url),
             stop,
-            ctx.dependency("rabbitmq"),
+            rabbitmq,
             session,
             name="payhook-relay",
         )

@@ -37,6 +37,7 @@ class FlakyServer:
         self.target = target
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self.cut = 0  # links cut by down(), both directions counted
 
     async def up(self) -> None:
         self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
@@ -48,6 +49,7 @@ class FlakyServer:
             self._server = None
         for writer in list(self._links):
             writer.transport.abort()
+            self.cut += 1
         self._links.clear()
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -232,7 +232,9 @@ async def test_every_role_fails_over_to_the_next_broker_node(stage: Stage, amqp_
         assert f"rabbitmq 127.0.0.1:{stage.broker.port}" not in _available(process)
         await stage.broker.up()  # node A back
         await node_b.down()  # node B lost: every session moves to A
-        await process.wait_for_output('"event":"runtime.dependency_lost"')
+        # Four sessions (ingress, ledger, relay, webhooks), each link counted both ways.
+        assert node_b.cut >= 8, (node_b.cut, process.text[-2500:])
+        await process.wait_for_output('"event":"runtime.dependency_lost"', within=90)
         # Every role that holds a broker session reconnects, to node A (B refuses).
         async with asyncio.timeout(90):
             while _available(process).count(f"rabbitmq 127.0.0.1:{stage.broker.port}") < 4:  # noqa: ASYNC110 - another process's output

@@ -123,3 +123,17 @@ def test_a_nacked_publish_renews_the_session_but_a_return_does_not() -> None:
     assert not is_refused_publish(
         aiormq.exceptions.PublishError.__new__(aiormq.exceptions.PublishError)
     )
+
+
+def test_readiness_waits_until_every_role_registered_its_dependencies() -> None:
+    """An empty (or partial) set of dependencies must not read as "all up" at start."""
+    from runtime.health import Health
+
+    health = Health()
+    assert not health.ready  # nothing registered yet: not ready
+    health.dependency("relay.postgres").up()
+    assert not health.ready  # the roles have not all started
+    health.started = True
+    assert health.ready
+    health.dependency("relay.rabbitmq")
+    assert not health.ready

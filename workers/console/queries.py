@@ -137,9 +137,7 @@ async def _overview(conn: Conn) -> Overview:
     for r in rows:
         counts = {60: r["w60"], 300: r["w300"], 900: r["w900"]}
         out.counts[r["provider"]] = counts
-        out.rates[r["provider"]] = {
-            w: counts[w] / min(w, out.covered_s or w) for w in WINDOWS_S
-        }
+        out.rates[r["provider"]] = {w: counts[w] / min(w, out.covered_s or w) for w in WINDOWS_S}
     lag = await conn.fetchrow(_LAG)
     assert lag is not None
     out.lag_samples = lag["n"]

@@ -432,6 +432,7 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
     settings, config, stop = ctx.settings, ctx.config, ctx.stop
     topology = Topology(settings.amqp_namespace)
     postgres = ctx.dependency("postgres")
+    rabbitmq = ctx.dependency("rabbitmq")  # registered now: readiness knows both at once
     pool = await database.open_pool(settings.database_url, stop, postgres, min_size=2, max_size=4)
     if pool is None:
         return
@@ -478,7 +479,7 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         await run_sessions(
             BrokerNodes(settings.amqp_url),
             stop,
-            ctx.dependency("rabbitmq"),
+            rabbitmq,
             session,
             name="payhook-ledger",
         )

@@ -62,8 +62,7 @@ class PaymentFilter:
             raise InvalidFilter(f"unknown state {self.state!r}")
         if self.attention is not None and self.attention not in ("any", *ATTENTION_KINDS):
             raise InvalidFilter(
-                f"attention is 'any' or one of {', '.join(ATTENTION_KINDS)}, not "
-                f"{self.attention!r}"
+                f"attention is 'any' or one of {', '.join(ATTENTION_KINDS)}, not {self.attention!r}"
             )
         for f in fields(self):
             value = getattr(self, f.name)

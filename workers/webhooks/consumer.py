@@ -372,6 +372,7 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
     """The webhook worker until ``ctx.stop``, then a graceful shutdown."""
     settings, config, stop = ctx.settings, ctx.config, ctx.stop
     topology = Topology(settings.amqp_namespace)
+    rabbitmq = ctx.dependency("rabbitmq")  # registered now: readiness knows both at once
     pool = await database.open_pool(
         settings.database_url, stop, ctx.dependency("postgres"), min_size=1, max_size=10
     )
@@ -416,7 +417,7 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
         await run_sessions(
             BrokerNodes(settings.amqp_url),
             stop,
-            ctx.dependency("rabbitmq"),
+            rabbitmq,
             session,
             name="payhook-webhooks",
         )

@@ -152,9 +152,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str, str]:
     return updated_at, event_id, merchant
 
 
-def build_search(
-    flt: DeliveryFilter, limit: int, after: str | None
-) -> tuple[str, list[Any]]:
+def build_search(flt: DeliveryFilter, limit: int, after: str | None) -> tuple[str, list[Any]]:
     """The SQL and parameters of one page (``limit`` + 1 rows: the extra says "more")."""
     params: list[Any] = []
     where = _where(flt, params)

@@ -28,7 +28,6 @@ __all__ = ["BATCH", "ReplayResult", "replay_deliveries"]
 BATCH = 200
 
 
-
 @dataclass(slots=True)
 class ReplayResult:
     replayed: int = 0
