@@ -997,9 +997,9 @@ def _summary(results: list[RunResult]) -> None:
 
 async def main(args: argparse.Namespace) -> int:
     server = loopback(
-        os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/payhook")
+        os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook")
     )
-    amqp_url = loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/"))
+    amqp_url = loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:25672/"))
     rates = [float(r) for r in args.rates.split(",")]
     layouts = args.layouts.split(",")
     if not all(layout in ("single", "split", "ingress") for layout in layouts):

@@ -402,7 +402,7 @@ async def main() -> int:
     if not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 60:
         raise SystemExit("--rounds 1..10, --duration 1..60 s: keep runs short")
 
-    amqp_url = loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/"))
+    amqp_url = loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:25672/"))
     config = load_config(args.config)
     size = callback_message_size(config)
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]

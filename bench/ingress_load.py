@@ -234,9 +234,9 @@ async def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     args = parser.parse_args()
 
-    amqp_url = os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/")
+    amqp_url = os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:25672/")
     db_server = os.environ.get(
-        "PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/payhook"
+        "PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook"
     )
     database_url = await _fresh_database(db_server, "payhook_bench")
     namespace = f"bench{secrets.token_hex(4)}"

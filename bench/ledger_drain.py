@@ -252,9 +252,9 @@ async def main() -> int:
     args = parser.parse_args()
 
     server = _loopback(
-        os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/payhook")
+        os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook")
     )
-    amqp_url = _loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/"))
+    amqp_url = _loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:25672/"))
     database_url = urlunsplit(urlsplit(server)._replace(path=f"/{DATABASE}"))
     admin = await asyncpg.connect(server)
     await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")

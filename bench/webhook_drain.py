@@ -152,8 +152,8 @@ async def main() -> int:
     parser.add_argument("--profile", help="write a py-spy flame graph (SVG) of the worker here")
     args = parser.parse_args()
 
-    server = os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/payhook")
-    amqp_url = os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:55672/")
+    server = os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook")
+    amqp_url = os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:25672/")
     parts = urlsplit(server)
     admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
     await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')

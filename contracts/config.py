@@ -74,9 +74,9 @@ class Secret:
 class Settings:
     """Process settings (environment variables ``PAYHOOK_*``); laptop defaults."""
 
-    database_url: str = "postgresql://postgres@127.0.0.1:55432/payhook"
+    database_url: str = "postgresql://postgres@127.0.0.1:25432/payhook"
     # One URL, or the comma-separated nodes of one cluster (each connection fails over).
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:55672/"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:25672/"
     config_path: str = "deploy/payhook.toml"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080

@@ -14,8 +14,8 @@ exactly once although payhook delivers at least once (contracts/asyncapi.yaml):
 - SIGTERM or SIGINT: no new deliveries, those in flight finish, then it closes.
 
     pip install aio-pika asyncpg jsonschema structlog
-    python examples/consumer.py --amqp-url amqp://guest:guest@127.0.0.1:55672/ \\
-        --database-url postgresql://postgres@127.0.0.1:55432/mine \\
+    python examples/consumer.py --amqp-url amqp://guest:guest@127.0.0.1:25672/ \\
+        --database-url postgresql://postgres@127.0.0.1:25432/mine \\
         --namespace payhook --queue my-service.payments --routing-key 'payment.#'
 """
 

@@ -14,10 +14,10 @@
 #                                               a local 3-node cluster (section "cluster" below)
 #
 # Configuration (environment):
-#   PAYHOOK_DATABASE_URL  default postgresql://postgres@127.0.0.1:55432/payhook
-#   PAYHOOK_AMQP_URL      default amqp://guest:guest@127.0.0.1:55672/
-#   PAYHOOK_EPMD_PORT     default AMQP port - 3 (55669): the private node's own epmd
-#   PAYHOOK_RABBITMQ_DIST_PORT  default AMQP port + 1 (55673); CLI nodes use +2 .. +12
+#   PAYHOOK_DATABASE_URL  default postgresql://postgres@127.0.0.1:25432/payhook
+#   PAYHOOK_AMQP_URL      default amqp://guest:guest@127.0.0.1:25672/
+#   PAYHOOK_EPMD_PORT     default AMQP port - 3 (25669): the private node's own epmd
+#   PAYHOOK_RABBITMQ_DIST_PORT  default AMQP port + 1 (25673); CLI nodes use +2 .. +12
 #   PAYHOOK_RABBITMQ_PROMETHEUS=1  also run the shipped plugins (rabbitmq_prometheus on
 #                         127.0.0.1, PAYHOOK_RABBITMQ_PROMETHEUS_PORT, default AMQP port + 20)
 #   PAYHOOK_RABBITMQ_EXTRA_CONF  more rabbitmq.conf lines for the private node(s)
@@ -46,8 +46,8 @@ LOCAL="$REPO/.local"
 STATE="$LOCAL/started"
 RMQ_BIN=/usr/lib/rabbitmq/bin
 SHIPPED_RMQ="$REPO/deploy/rabbitmq" # the broker configuration payhook ships
-DATABASE_URL=${PAYHOOK_DATABASE_URL:-postgresql://postgres@127.0.0.1:55432/payhook}
-AMQP_URL=${PAYHOOK_AMQP_URL:-amqp://guest:guest@127.0.0.1:55672/}
+DATABASE_URL=${PAYHOOK_DATABASE_URL:-postgresql://postgres@127.0.0.1:25432/payhook}
+AMQP_URL=${PAYHOOK_AMQP_URL:-amqp://guest:guest@127.0.0.1:25672/}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -41,8 +41,8 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "scripts" / "services.sh"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/payhook"
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:55672/"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:25432/payhook"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:25672/"
 
 # Names contracts.topology.Topology derives from a namespace. Retry queues
 # (``<ns>.webhooks.retry.<delay>``) depend on the schedule, so tests register those themselves.

@@ -51,8 +51,8 @@ async def test_sleep_or_stop_returns_at_once_when_stopped() -> None:
             "amqp://a:***@n1:1/,amqp://a:***@n2:2/",
         ),
         (
-            "postgresql://postgres@127.0.0.1:55432/payhook",
-            "postgresql://postgres@127.0.0.1:55432/payhook",
+            "postgresql://postgres@127.0.0.1:25432/payhook",
+            "postgresql://postgres@127.0.0.1:25432/payhook",
         ),
         ("no url here: user:pass@host", "no url here: user:pass@host"),
     ],
