@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from contracts.errors import DecodeError
+from contracts.ids import uuid5_text
 from contracts.statuses import Kind, Status, VerifiedBy
 
 __all__ = [
@@ -90,7 +91,7 @@ def callback_id(
     refunds of one payment (the provider module puts the refund's own id or amount there).
     """
     key = "\x1f".join((provider, account, transaction_id, provider_status, variant))
-    return str(uuid.uuid5(_ID_NAMESPACE, key))
+    return uuid5_text(_ID_NAMESPACE, key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ consumers dedupe on ``id`` whatever the number of redeliveries.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ import orjson
 
 from contracts.callbacks import _ID_NAMESPACE, CallbackReceived
 from contracts.errors import DecodeError
+from contracts.ids import uuid5_text
 from contracts.statuses import Kind, Status
 
 __all__ = [
@@ -44,7 +44,7 @@ def routing_key(kind: Kind, status: Status, provider: str) -> str:
 
 
 def event_id(callback_id: str, type_: str) -> str:
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{callback_id}\x1f{type_}"))
+    return uuid5_text(_ID_NAMESPACE, f"{callback_id}\x1f{type_}")
 
 
 def build_event(

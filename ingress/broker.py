@@ -131,11 +131,9 @@ class CallbackPublisher:
         batch.callbacks.append(callback)
         if len(batch.callbacks) >= self._max_batch:
             self._send(batch)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await _confirmation(batch, callback)
-        except TimeoutError:
-            raise PublishFailed("no confirm within the publish timeout") from None
+        # No timeout of its own: ``_publish_batch`` resolves the batch within the publish
+        # timeout whatever happens (one timer per message, not one per request).
+        await _confirmation(batch, callback)
 
     def _send(self, batch: _Batch) -> None:
         if self._filling.get(batch.routing_key) is not batch:
@@ -171,6 +169,8 @@ class CallbackPublisher:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+            except TimeoutError:
+                raise PublishFailed("no confirm within the publish timeout") from None
             finally:
                 if self._metrics:
                     CONFIRMS_IN_FLIGHT.dec()
@@ -178,7 +178,8 @@ class CallbackPublisher:
             if is_refused_publish(exc) and self._session is not None:
                 # 3.10 keeps refusing on this channel after a leader loss: renew the session.
                 self._session.lost.set()
-            _fail(batch.confirmed, PublishFailed(f"{type(exc).__name__}: {exc}"))
+            failed = exc if isinstance(exc, PublishFailed) else None
+            _fail(batch.confirmed, failed or PublishFailed(f"{type(exc).__name__}: {exc}"))
         else:
             batch.confirmed.set_result(None)
         finally:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 import time
-import uuid
 from datetime import UTC, datetime
 
 import structlog
@@ -35,7 +35,7 @@ def _correlation_id(request: web.Request) -> str:
         value = request.headers.get(header)
         if value and _CORRELATION_ID.match(value):
             return value
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # the format of uuid4().hex, at a third of the cost
 
 
 def _refuse(
@@ -104,6 +104,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
                 metrics.count(*where, "error", "verify crashed")
             return web.Response(status=500, text="internal error\n")
         callback = dataclasses.replace(accepted.callback, correlation_id=cid)
+        callback_id = callback.id  # derived (uuid5) each time it is read: once is enough
         try:
             await state.publisher.publish(callback)
         except Unencodable as exc:
@@ -114,20 +115,20 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
                 "ingress.callback_unencodable",
                 error=str(exc.error)[:200],
                 error_type=type(exc.error).__name__,
-                callback_id=callback.id,
+                callback_id=callback_id,
                 transaction_id=callback.transaction_id[:64],
             )
             if metrics is not None:
                 metrics.count(*where, "unencodable")
             return web.Response(status=500, text="internal error\n")
         except PublishFailed as exc:
-            log.error("ingress.publish_failed", error=str(exc), callback_id=callback.id)
+            log.error("ingress.publish_failed", error=str(exc), callback_id=callback_id)
             if metrics is not None:
                 metrics.count(*where, "publish_failed")
             return web.Response(status=503, text="temporarily unavailable\n")
         log.info(
             "ingress.callback_accepted",
-            callback_id=callback.id,
+            callback_id=callback_id,
             transaction_id=callback.transaction_id,
             status=callback.status.value,
             provider_status=callback.provider_status,
