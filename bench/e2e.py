@@ -76,6 +76,7 @@ from ingress_ceiling import (
     start_py_spy,
 )
 from ingress_load import PAYHOOK, REPO, _fresh_database, _percentile, _wait_http
+from memory import RssSeries, sample_rss
 
 from contracts.config import load_config
 from contracts.topology import Topology
@@ -688,6 +689,7 @@ async def run_once(
     senders: list[subprocess.Popen[bytes]] = []
     finished = False
     watcher: asyncio.Task[None] | None = None
+    rss_series, rss_done = RssSeries(), asyncio.Event()
     try:
         pg_stats = True
         try:
@@ -758,6 +760,14 @@ async def run_once(
             assert sender.stdin is not None
             sender.stdin.write(f"{t0!r}\n".encode())
             sender.stdin.flush()
+        if args.rss_every:
+
+            async def rss_now() -> dict[str, float]:
+                return (await procs.snapshot(None)).rss
+
+            rss_sampler = asyncio.create_task(
+                sample_rss(args.rss_every, rss_done, rss_now, rss_series)
+            )
         if args.watch:
             watch_conn = await asyncpg.connect(database_url)
             watcher = asyncio.create_task(
@@ -799,6 +809,9 @@ async def run_once(
                     break
             await asyncio.sleep(0.2)
         finished = True
+        if args.rss_every:
+            rss_done.set()
+            await rss_sampler
         if watcher is not None:
             await watcher
             await watch_conn.close()
@@ -808,6 +821,7 @@ async def run_once(
         records = await _merchant_dump(merchant_port)
     finally:
         finished = True
+        rss_done.set()
         _stop(senders)
         _stop(started[1:])  # payhook first, then the merchant
         _stop(started[:1])
@@ -909,6 +923,9 @@ async def run_once(
             if not k.startswith("sender")
         )
     )
+    if args.rss_every:
+        names = sorted(k for k in after.rss if not k.startswith("sender"))
+        print("\n".join(rss_series.report(args.seconds, names)))
     if statements is not None:
         delivered = max(unique, 1)
         by_role: dict[str, int] = {}
@@ -1058,6 +1075,9 @@ def cli() -> int:
     parser.add_argument("--log-file", help="append payhook's logs here (default: /dev/null)")
     parser.add_argument("--metrics", default="true", help="PAYHOOK_METRICS")
     parser.add_argument("--keep", action="store_true", help="keep the last run's database")
+    parser.add_argument(
+        "--rss-every", type=float, default=0, help="sample RSS every N s; print growth"
+    )
     args = parser.parse_args()
     if args.role == "sender":
         _run_loop(lambda: sender_main(json.loads(args.spec)))
