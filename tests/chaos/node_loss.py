@@ -67,6 +67,10 @@ class NodeLossPlan:
     ready_within_s: float = 90.0
     rejoin_within_s: float = 120.0
     drain_within_s: float = 120.0
+    # One merchant gets every webhook (~1.3 x the callback rate with the retries), from a
+    # harness that also sends the load: at the default 16 in flight its answer time, not
+    # the node loss, would set the pace (deliveries deferred as busy queue up behind).
+    merchant_max_in_flight: int = 64
     concurrency: int = 128  # requests in flight at most (open loop unless it is reached)
     give_up_s: float = 120.0  # a callback stops being resent this long after its first send
     shutdown_grace_s: float = 5.0
@@ -196,7 +200,9 @@ async def run_node_loss(
     problems: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(merchant.serving())
-        files = write_config(workdir, merchant.url, plan.webhook_schedule, secret)
+        files = write_config(
+            workdir, merchant.url, plan.webhook_schedule, secret, plan.merchant_max_in_flight
+        )
         listen_port = free_port()
         env = role_environment(
             database_url=role_db_url,

@@ -7,6 +7,7 @@ the ledger, the logs and the fault recovery are the chaos run's (``tests/chaos/v
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from tests.chaos.verify import (
     scan_logs,
 )
 
-__all__ = ["NodeLossReport", "Timeline", "judge"]
+__all__ = ["PHASES", "NodeLossReport", "Timeline", "judge"]
+
+PHASES = ("before the kill", "kill to rejoin", "after the rejoin")
 
 
 @dataclass
@@ -65,6 +68,10 @@ class NodeLossReport:
     webhooks: dict[str, int] = field(default_factory=dict)
     lateness: list[float] = field(default_factory=list)  # per retried webhook, seconds
     lateness_due_in_outage: list[float] = field(default_factory=list)
+    lateness_by_phase: dict[str, list[float]] = field(default_factory=dict)
+    # event written by the ledger -> its first attempt at the merchant, by phase: the backlog
+    # the webhook stage has, which a retry waits behind too once it is due
+    first_attempt_delay: dict[str, list[float]] = field(default_factory=dict)
     exits: list[RoleExit] = field(default_factory=list)
     log_lines: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -105,6 +112,12 @@ class NodeLossReport:
             f"{_spread(self.lateness)} over {len(self.lateness)}; of those due between the "
             f"kill and the rejoin: {_spread(self.lateness_due_in_outage)} over "
             f"{len(self.lateness_due_in_outage)}",
+            *(
+                f"  {phase}: retry lateness {_spread(self.lateness_by_phase.get(phase, []))} "
+                f"({len(self.lateness_by_phase.get(phase, []))}); event -> first attempt "
+                f"{_spread(self.first_attempt_delay.get(phase, []))}"
+                for phase in PHASES
+            ),
             "final SIGTERM: "
             + ", ".join(f"{x.name} exit {x.code} in {x.seconds:.1f} s" for x in self.exits),
             "log lines at warning or above: " + (_pairs(self.log_lines) or "none"),
@@ -138,6 +151,22 @@ def _ack_gap(load: Load, killed: float) -> tuple[float, float]:
             best, best_at = moment - previous, previous
         previous = moment
     return best, best_at - killed
+
+
+def _phase(timeline: Timeline, moment: float) -> str:
+    if timeline.killed is None or moment < timeline.killed:
+        return PHASES[0]
+    if timeline.rejoined is None or moment < timeline.rejoined:
+        return PHASES[1]
+    return PHASES[2]
+
+
+def _by_phase(timeline: Timeline, pairs: Sequence[tuple[float, float]]) -> dict[str, list[float]]:
+    """(moment, value) pairs grouped by the phase of the run the moment fell in."""
+    out: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    for moment, value in pairs:
+        out[_phase(timeline, moment)].append(value)
+    return out
 
 
 def _lateness(
@@ -227,7 +256,11 @@ async def judge(
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         rows = await conn.fetch(_PAYMENTS)
-        events = await conn.fetch("SELECT id FROM events WHERE merchant = $1", MERCHANT)
+        events = await conn.fetch(
+            "SELECT id, extract(epoch FROM created_at)::float8 AS at FROM events"
+            " WHERE merchant = $1",
+            MERCHANT,
+        )
     finally:
         await conn.close()
     _check_ledger(problems, load.planned, acked, rows)
@@ -245,6 +278,23 @@ async def judge(
     step = float(plan_schedule[1]) if len(plan_schedule) > 1 else 0.0
     outage = (timeline.killed, timeline.rejoined or timeline.killed) if timeline.killed else None
     report.lateness, report.lateness_due_in_outage, unretried = _lateness(merchant, step, outage)
+    report.lateness_by_phase = _by_phase(
+        timeline,
+        [
+            (arrivals[0] + step, arrivals[1] - arrivals[0] - step)
+            for key, arrivals in merchant.arrivals.items()
+            if len(arrivals) > 1 and merchant.answers[key][0] != 200
+        ],
+    )
+    to_wall = time.time() - time.monotonic()  # the merchant's times are monotonic
+    report.first_attempt_delay = _by_phase(
+        timeline,
+        [
+            (merchant.arrivals[r["id"]][0], merchant.arrivals[r["id"]][0] + to_wall - r["at"])
+            for r in events
+            if merchant.arrivals.get(r["id"])
+        ],
+    )
     report.webhooks = {
         "expected": len(expected),
         "received": len(delivered & expected),
