@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -81,7 +82,8 @@ class NodeLossPlan:
 def queue_names(namespace: str, plan: NodeLossPlan) -> tuple[list[str], list[str]]:
     """(the queues whose leader is moved to the node to kill, every other queue of the run)."""
     topology = Topology(namespace)
-    delays = [d for d in plan.webhook_schedule if d > 0]
+    # The schedule's delay queues and the hop a delivery deferred as busy waits in.
+    delays = sorted({d for d in (*plan.webhook_schedule, WEBHOOK_BUSY_DELAY_S) if d > 0})
     led = [
         topology.ledger_queue,
         topology.webhooks_queue,
@@ -92,7 +94,6 @@ def queue_names(namespace: str, plan: NodeLossPlan) -> tuple[list[str], list[str
         topology.webhooks_dead_queue,
         topology.orders_queue,
         topology.orders_dead_queue,
-        topology.webhooks_retry_queue(WEBHOOK_BUSY_DELAY_S),
     ]
     return led, others
 
@@ -283,5 +284,7 @@ async def run_node_loss(
             amqp_url=amqp_url,
         )
         report.problems[:0] = problems
+        # For a closer look at a run: every retry's two attempts, from the kill.
+        (workdir / "retries.json").write_text(json.dumps(report.retries), encoding="utf-8")
         return report
     raise AssertionError("unreachable")  # pragma: no cover

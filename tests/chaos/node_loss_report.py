@@ -72,6 +72,8 @@ class NodeLossReport:
     # event written by the ledger -> its first attempt at the merchant, by phase: the backlog
     # the webhook stage has, which a retry waits behind too once it is due
     first_attempt_delay: dict[str, list[float]] = field(default_factory=dict)
+    # per retried webhook: (first attempt, second attempt) in seconds from the kill
+    retries: list[tuple[float, float]] = field(default_factory=list)
     exits: list[RoleExit] = field(default_factory=list)
     log_lines: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -285,6 +287,11 @@ async def judge(
             for key, arrivals in merchant.arrivals.items()
             if len(arrivals) > 1 and merchant.answers[key][0] != 200
         ],
+    )
+    report.retries = sorted(
+        (a[0] - (timeline.killed or 0.0), a[1] - (timeline.killed or 0.0))
+        for key, a in merchant.arrivals.items()
+        if len(a) > 1 and merchant.answers[key][0] != 200
     )
     to_wall = time.time() - time.monotonic()  # the merchant's times are monotonic
     report.first_attempt_delay = _by_phase(
