@@ -41,9 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the run lives with the test it is shared with
 
 from tests.chaos.cluster import Cluster  # noqa: E402
-from tests.chaos.node_loss import NodeLossPlan, queue_names, run_node_loss  # noqa: E402
+from tests.chaos.node_loss import NodeLossPlan, broker_names, run_node_loss  # noqa: E402
 from tests.servers import (  # noqa: E402
-    AMQP_SUFFIXES,
     create_database,
     database_server_url,
     delete_broker_names,
@@ -108,9 +107,7 @@ async def _main(args: argparse.Namespace) -> int:
                     say=say,
                 )
         finally:
-            led, others = queue_names(namespace, plan)
-            names = [namespace + s for s in AMQP_SUFFIXES] + led + others
-            await delete_broker_names(",".join(cluster.urls.values()).split(",")[0], names)
+            await delete_broker_names(cluster.urls["c1"], broker_names(namespace, plan))
             if not args.keep:
                 await drop_database(server_url, database_url)
     finally:
@@ -122,7 +119,7 @@ async def _main(args: argparse.Namespace) -> int:
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     print(report.render())
-    return 1 if report.problems else 0
+    return 1 if report.problems or report.missed_targets else 0
 
 
 def main() -> int:

@@ -39,8 +39,16 @@ from tests.chaos.system import (
     write_config,
 )
 from tests.chaos.verify import wait_drained
+from tests.servers import AMQP_SUFFIXES
 
-__all__ = ["ROLES", "NodeLossPlan", "NodeLossReport", "queue_names", "run_node_loss"]
+__all__ = [
+    "ROLES",
+    "NodeLossPlan",
+    "NodeLossReport",
+    "broker_names",
+    "queue_names",
+    "run_node_loss",
+]
 
 ROLES: dict[str, tuple[str, ...]] = {
     "ingress-1": ("ingress",),
@@ -96,6 +104,12 @@ def queue_names(namespace: str, plan: NodeLossPlan) -> tuple[list[str], list[str
         topology.orders_dead_queue,
     ]
     return led, others
+
+
+def broker_names(namespace: str, plan: NodeLossPlan) -> list[str]:
+    """Every queue and exchange a run declares (for deleting them afterwards)."""
+    led, others = queue_names(namespace, plan)
+    return [namespace + suffix for suffix in AMQP_SUFFIXES] + led + others
 
 
 async def _pick_victim(

@@ -76,7 +76,10 @@ class NodeLossReport:
     retries: list[tuple[float, float]] = field(default_factory=list)
     exits: list[RoleExit] = field(default_factory=list)
     log_lines: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # a guarantee broken
+    # A timing target missed (ack gap, retry lateness): the benchmark fails on these too, the
+    # test only prints them, since on a shared machine they measure the load as well.
+    missed_targets: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         t = self.timeline
@@ -123,6 +126,8 @@ class NodeLossReport:
             "final SIGTERM: "
             + ", ".join(f"{x.name} exit {x.code} in {x.seconds:.1f} s" for x in self.exits),
             "log lines at warning or above: " + (_pairs(self.log_lines) or "none"),
+            f"timing targets missed: {len(self.missed_targets)}",
+            *(f"  - {p}" for p in self.missed_targets),
             f"problems: {len(self.problems)}",
             *(f"  - {p}" for p in self.problems),
         ]
@@ -234,13 +239,15 @@ async def judge(
         report.first_ack_after_kill_s = min(later) - timeline.killed if later else None
         report.fault = _fault_figures(load, fault)
         if report.longest_ack_gap[0] > gap_target:
-            problems.append(
+            report.missed_targets.append(
                 f"no ack for {report.longest_ack_gap[0]:.2f} s (target {gap_target:g} s)"
             )
         if report.first_ack_after_kill_s is None or report.first_ack_after_kill_s > gap_target:
-            problems.append(f"first ack after the kill: {report.first_ack_after_kill_s} s")
+            report.missed_targets.append(
+                f"first ack after the kill: {report.first_ack_after_kill_s} s"
+            )
         if report.fault.acks_resumed_s is not None and report.fault.acks_resumed_s > gap_target:
-            problems.append(
+            report.missed_targets.append(
                 f"acks steady again only {report.fault.acks_resumed_s:.2f} s after the kill"
             )
     if timeline.rejoined is None:
@@ -317,7 +324,7 @@ async def judge(
     if not report.lateness:
         problems.append("no webhook was retried: nothing waited in the delay queues")
     elif max(report.lateness) > late_target:
-        problems.append(
+        report.missed_targets.append(
             f"a retry came {max(report.lateness):.1f} s late (target {late_target:g} s)"
         )
 
