@@ -287,11 +287,13 @@ async def run_node_loss(
             load=load,
             merchant=merchant,
             timeline=timeline,
+            # The kill's own effect: from the kill until the restart begins (the rejoin has
+            # its own, counted apart).
             fault=FaultRecord(
                 f"kill -9 {timeline.victim}",
                 timeline.killed or 0.0,
                 timeline.killed or 0.0,
-                timeline.rejoined,
+                timeline.restarting,
             ),
             exits=exits,
             logs=supervisor.logs,

@@ -63,6 +63,7 @@ class NodeLossReport:
     first_ack_after_kill_s: float | None = None
     fault: FaultFigures | None = None
     acks_after_rejoin: int = 0
+    failed_during_rejoin: int = 0  # non-ack answers from the restart to 5 s after the rejoin
     payments: int = 0
     ledger_check: tuple[int | None, str] = (None, "")
     webhooks: dict[str, int] = field(default_factory=dict)
@@ -105,8 +106,9 @@ class NodeLossReport:
             f"({_pairs(self.answers)})",
             f"ack gap: longest {gap:.2f} s (starting {gap_at:+.1f} s from the kill); first ack "
             f"after the kill {first if first is None else f'{first:.2f} s'}; "
-            f"{failed} failed answers, acks steady again "
+            f"{failed} failed answers before the restart, acks steady again "
             f"{'at once' if resumed is None else f'{resumed:.2f} s'} after the kill; "
+            f"{self.failed_during_rejoin} failed answers while it rejoined; "
             f"{self.acks_after_rejoin} acks after the rejoin",
             f"ledger: {self.payments} payments; payhook ledger check exit "
             f"{self.ledger_check[0]}: {self.ledger_check[1].strip()}",
@@ -255,6 +257,12 @@ async def judge(
     else:
         report.acks_after_rejoin = sum(
             1 for a in load.answers if a.acked and a.answered > timeline.rejoined
+        )
+        begun = timeline.restarting or timeline.rejoined
+        report.failed_during_rejoin = sum(
+            1
+            for a in load.answers
+            if not a.acked and begun <= a.answered <= timeline.rejoined + 5
         )
         if not report.acks_after_rejoin:
             problems.append("no callback acknowledged after the rejoin: the load ended first")
