@@ -166,8 +166,13 @@ class Load:
             self._milestones.append((count, future))
         return future
 
-    async def run(self, pace: Callable[[int], float]) -> None:
+    async def run(
+        self, pace: Callable[[int], float], until: Callable[[], bool] = lambda: False
+    ) -> None:
         """Dispatch every callback; ``pace(i)`` says how long to wait before callback ``i``.
+
+        ``until()`` true before a dispatch stops it there: the rest is never sent (a run whose
+        length depends on what happens meanwhile plans more than it may need).
 
         At most ``open_callbacks`` callbacks are unfinished at a time (their copies still
         resending), so a flat-out run holds a bounded number of requests. Returns when every
@@ -181,6 +186,8 @@ class Load:
                     delay = pace(i)
                     if delay > 0:
                         await asyncio.sleep(delay)
+                    if until():
+                        break
                     await self._open.acquire()
                     self.dispatched += 1
                     self.dispatch_times.append(time.monotonic())

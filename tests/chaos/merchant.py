@@ -12,6 +12,7 @@ import base64
 import contextlib
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -30,6 +31,9 @@ class ChaosMerchant:
     seed: int = 0
     # webhook-id -> the status answered to each attempt, in order
     answers: dict[str, list[int]] = field(default_factory=dict)
+    # webhook-id -> when each attempt arrived (monotonic), in step with ``answers``; how late
+    # a retry came is measured from these (tests/chaos/node_loss.py)
+    arrivals: dict[str, list[float]] = field(default_factory=dict)
     bad_signatures: list[str] = field(default_factory=list)
     id_mismatches: list[str] = field(default_factory=list)  # webhook-id differs from body id
     port: int = 0
@@ -59,6 +63,7 @@ class ChaosMerchant:
         return sum(max(0, statuses.count(200) - 1) for statuses in self.answers.values())
 
     async def _handle(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         body = await request.read()
         headers = dict(request.headers)
         webhook_id = request.headers.get("webhook-id", "")
@@ -67,6 +72,7 @@ class ChaosMerchant:
         except WebhookVerificationError as exc:
             self.bad_signatures.append(f"{webhook_id or '(no id)'}: {exc}")
             self.answers.setdefault(webhook_id, []).append(401)
+            self.arrivals.setdefault(webhook_id, []).append(arrived)
             return web.Response(status=401, text="bad signature")
         if not isinstance(payload, dict) or payload.get("id") != webhook_id:
             self.id_mismatches.append(webhook_id)
@@ -76,6 +82,7 @@ class ChaosMerchant:
         if failures < self.max_failures_per_id and self._dice.random() < self.failure_rate:
             status = 500
         statuses.append(status)
+        self.arrivals.setdefault(webhook_id, []).append(arrived)
         return web.Response(status=status, text="thanks" if status == 200 else "try again")
 
     @contextlib.asynccontextmanager

@@ -60,7 +60,11 @@ class ChaosFiles:
 
 
 def write_config(
-    workdir: Path, merchant_url: str, schedule: Sequence[float], merchant_secret: str
+    workdir: Path,
+    merchant_url: str,
+    schedule: Sequence[float],
+    merchant_secret: str,
+    max_in_flight: int = 16,
 ) -> ChaosFiles:
     """A TOML config with an account for each of the five providers and one merchant.
 
@@ -100,7 +104,7 @@ events = ["*"]
 allow_private = true
 timeout_s = 5
 connect_timeout_s = 5
-max_in_flight = 16
+max_in_flight = {max_in_flight}
 breaker_threshold = 10
 breaker_cooldown_s = 1
 
