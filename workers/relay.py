@@ -41,7 +41,7 @@ log = structlog.get_logger("relay")
 _POLL_INTERVAL_S = 1.0
 
 _CLAIM = """
-    SELECT id, routing_key, correlation_id, body
+    SELECT ctid, id, routing_key, correlation_id, body
     FROM events
     WHERE published_at IS NULL
     ORDER BY seq
@@ -61,9 +61,13 @@ async def publish_pending(
         if not rows:
             return 0
         await asyncio.gather(*(_publish(exchange, row) for row in rows))
+        # By ctid (a TID scan whatever the statistics): the rows are locked FOR UPDATE in
+        # this transaction, so nobody can move them. By id, the generic plan Postgres caches
+        # for a prepared statement froze as a sequential scan of ``events`` when the table
+        # was young (2.3 ms a batch at 10,000 events in an e2e run, growing with the table).
         await conn.execute(
-            "UPDATE events SET published_at = now() WHERE id = ANY($1::text[])",
-            [row["id"] for row in rows],
+            "UPDATE events SET published_at = now() WHERE ctid = ANY($1::tid[])",
+            [row["ctid"] for row in rows],
         )
     return len(rows)
 
