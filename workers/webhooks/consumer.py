@@ -43,6 +43,7 @@ from contracts.errors import DecodeError
 from contracts.events import decode_event
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
 from runtime import database
+from runtime.acks import ChannelAcks
 from runtime.batching import Coalescer
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.consume import handle_message
@@ -128,6 +129,8 @@ class WebhookWorker:
         self.stop = stop
         # Set when the broker session the current messages came from is lost.
         self.lost = asyncio.Event()
+        # Acks of the current consuming channel, batched (None: one ack per message).
+        self.acks: ChannelAcks | None = None
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = False
@@ -154,23 +157,33 @@ class WebhookWorker:
             raise ConnectionRefusedError("no broker session")  # an outage: waited out
         return self._publisher
 
-    def attach(self, publisher: Publisher, lost: asyncio.Event) -> None:
-        """Use a new broker session's publisher from now on."""
-        self._publisher, self.lost = publisher, lost
+    def attach(
+        self, publisher: Publisher, lost: asyncio.Event, acks: ChannelAcks | None = None
+    ) -> None:
+        """Use a new broker session's publisher (and its channel's acks) from now on."""
+        self._publisher, self.lost, self.acks = publisher, lost, acks
 
     # -- message handling ------------------------------------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Own task per message: its lifetime is ours (drained on shutdown), not the channel's.
-        task = asyncio.create_task(self.handle(message))
+        acks = self.acks
+        if acks is not None:
+            acks.received(message)  # before any await: tags are registered in arrival order
+        task = asyncio.create_task(self.handle(message, acks))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle(
+        self, message: AbstractIncomingMessage, acks: ChannelAcks | None = None
+    ) -> None:
         async def process(message: AbstractIncomingMessage) -> None:
             await self.process(message.body, message.headers or {})
 
-        await handle_message(message, process, stop=self.stop, lost=self.lost)
+        if acks is None:
+            await handle_message(message, process, stop=self.stop, lost=self.lost)
+        else:
+            await handle_message(message, process, stop=self.stop, lost=self.lost, settler=acks)
 
     async def process(self, body: bytes, headers: Mapping[str, Any]) -> None:
         """Handle one message body; returns when it may be acked, raises when it may not."""
@@ -400,7 +413,10 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
         channel = await broker.channel(prefetch=settings.webhook_prefetch)
         await declare(channel, topology.declarations(delays))
         publish_channel = await broker.channel(publisher_confirms=True)
-        worker.attach(Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost)
+        acks = ChannelAcks(await channel.get_underlay_channel())
+        worker.attach(
+            Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost, acks
+        )
         queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
         tag = await queue.consume(worker.on_message)
         log.info(

@@ -1,0 +1,90 @@
+"""runtime.acks: one ``multiple`` ack for a settled prefix, never covering a message in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from runtime.acks import ChannelAcks
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, bool]] = []
+
+    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.frames.append(("ack", tag, multiple))
+
+    async def basic_nack(self, tag: int, requeue: bool = True) -> None:
+        self.frames.append(("nack", tag, False))
+
+
+class FakeMessage:
+    def __init__(self, channel: FakeChannel, tag: int) -> None:
+        self.channel = channel
+        self.delivery_tag = tag
+
+    async def ack(self) -> None:
+        await self.channel.basic_ack(self.delivery_tag)
+
+    async def nack(self, requeue: bool = True) -> None:
+        await self.channel.basic_nack(self.delivery_tag, requeue)
+
+    async def reject(self, requeue: bool = False) -> None:
+        await self.channel.basic_nack(self.delivery_tag, requeue)
+
+
+def setup(count: int) -> tuple[FakeChannel, ChannelAcks, list[Any]]:
+    channel = FakeChannel()
+    acks = ChannelAcks(cast(Any, channel))
+    messages = [FakeMessage(channel, tag) for tag in range(1, count + 1)]
+    for message in messages:
+        acks.received(cast(Any, message))
+    return channel, acks, messages
+
+
+def covered(frames: list[tuple[str, int, bool]], everything: int) -> set[int]:
+    """Tags settled by the frames (a multiple ack covers every tag not settled before)."""
+    done: set[int] = set()
+    for _, tag, multiple in frames:
+        if multiple:
+            done |= set(range(1, tag + 1))
+        else:
+            done.add(tag)
+    return done & set(range(1, everything + 1))
+
+
+async def test_acks_of_one_turn_share_one_multiple_ack() -> None:
+    channel, acks, messages = setup(5)
+    await asyncio.gather(*(acks.ack(m) for m in reversed(messages)))
+    assert channel.frames == [("ack", 5, True)]
+
+
+async def test_a_message_in_flight_is_never_covered() -> None:
+    channel, acks, messages = setup(5)
+    # 2 is still being handled (a hanging merchant): 1 by multiple, 3 to 5 one by one.
+    await asyncio.gather(*(acks.ack(m) for m in messages if m.delivery_tag != 2))
+    assert ("ack", 1, True) in channel.frames
+    assert 2 not in covered(channel.frames, 5)
+    assert covered(channel.frames, 5) == {1, 3, 4, 5}
+    await acks.ack(messages[1])
+    assert channel.frames[-1] == ("ack", 2, True)
+
+
+async def test_nacked_messages_are_skipped_and_never_named() -> None:
+    channel, acks, messages = setup(4)
+    await acks.nack(messages[3], requeue=True)  # the last one: a multiple ack may not name it
+    await acks.nack(messages[1], requeue=True)
+    await asyncio.gather(acks.ack(messages[0]), acks.ack(messages[2]))
+    acked = [frame for frame in channel.frames if frame[0] == "ack"]
+    assert acked == [("ack", 3, True)]
+    # The nacks went out before the multiple ack that spans them.
+    assert channel.frames.index(("nack", 2, False)) < channel.frames.index(("ack", 3, True))
+
+
+async def test_a_later_turn_continues_where_the_last_stopped() -> None:
+    channel, acks, messages = setup(6)
+    await asyncio.gather(*(acks.ack(m) for m in messages[:3]))
+    await asyncio.gather(*(acks.ack(m) for m in messages[3:]))
+    assert channel.frames == [("ack", 3, True), ("ack", 6, True)]
+    assert acks.frames == 2
