@@ -14,6 +14,13 @@ longer holds them). A message still being handled (a hanging merchant) stops the
 acks after it go out one by one, at once, so nothing waits for a slow neighbour and no
 prefetch slot is held longer than before. The tag a ``multiple`` ack names is always one the
 broker still holds unacked (an unknown tag would close the channel).
+
+"Every earlier delivery" is counted in tag numbers, not in the order deliveries reach
+``received``: a channel numbers its deliveries 1, 2, 3 …, but aio-pika hands each to the
+consumer in a task of its own, so tag 101 can be registered before tag 100. Walking the tags in
+arrival order once named 101 while 100 was in flight (and later closed the channel with
+PRECONDITION_FAILED, "unknown delivery tag", when 100 was acked: seen in bench/webhook_drain).
+So the run stops at the first tag number that is not settled or not registered yet.
 """
 
 from __future__ import annotations
@@ -35,18 +42,20 @@ _IN_FLIGHT, _ACK, _SETTLED = 0, 1, 2
 
 
 class ChannelAcks:
-    """Batched acks for the deliveries of one channel (tags rise in arrival order)."""
+    """Batched acks for the deliveries of one fresh channel that only this consumer uses."""
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self._channel = channel
-        # delivery tag -> state, in arrival (= tag) order; a settled prefix is dropped.
+        # delivery tag -> state of the deliveries not yet acked; tags below ``_next`` are
+        # all settled (the channel numbers its deliveries 1, 2, 3 ...).
         self._tags: dict[int, int] = {}
+        self._next = 1
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self.frames = 0  # ack frames sent (for tests and benchmarks)
 
     def received(self, message: AbstractIncomingMessage) -> None:
-        """Call for every delivery, in arrival order, before it is handled."""
+        """Call for every delivery of the channel (from its first), before it is handled."""
         if message.delivery_tag is not None:
             self._tags[message.delivery_tag] = _IN_FLIGHT
 
@@ -87,16 +96,19 @@ class ChannelAcks:
 
     def _flush(self) -> None:
         self._scheduled = False
-        top: int | None = None  # highest acked tag of the settled prefix
-        for tag, state in list(self._tags.items()):
-            if state == _IN_FLIGHT:
-                break
-            del self._tags[tag]
-            if state == _ACK:
+        # The settled run must be contiguous in tag numbers, from the lowest tag not yet
+        # settled: deliveries can reach ``received`` out of order (aio-pika hands each to
+        # its own task), and a tag not registered yet is as good as in flight.
+        top: int | None = None  # highest acked tag of the settled run
+        tag = self._next
+        while self._tags.get(tag, _IN_FLIGHT) != _IN_FLIGHT:
+            if self._tags.pop(tag) == _ACK:
                 top = tag
+            tag += 1
+        self._next = tag
         singles = [tag for tag, state in self._tags.items() if state == _ACK]
         for tag in singles:
-            del self._tags[tag]
+            self._tags[tag] = _SETTLED  # kept, so that the run can pass it later
         waiters, self._waiters = self._waiters, []
         if top is None and not singles:
             for waiter in waiters:

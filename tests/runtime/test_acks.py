@@ -34,12 +34,13 @@ class FakeMessage:
         await self.channel.basic_nack(self.delivery_tag, requeue)
 
 
-def setup(count: int) -> tuple[FakeChannel, ChannelAcks, list[Any]]:
+def setup(count: int, order: list[int] | None = None) -> tuple[FakeChannel, ChannelAcks, list[Any]]:
+    """``count`` deliveries, registered in ``order`` (tags; default 1, 2, 3 …)."""
     channel = FakeChannel()
     acks = ChannelAcks(cast(Any, channel))
     messages = [FakeMessage(channel, tag) for tag in range(1, count + 1)]
-    for message in messages:
-        acks.received(cast(Any, message))
+    for tag in order or range(1, count + 1):
+        acks.received(cast(Any, messages[tag - 1]))
     return channel, acks, messages
 
 
@@ -88,3 +89,25 @@ async def test_a_later_turn_continues_where_the_last_stopped() -> None:
     await asyncio.gather(*(acks.ack(m) for m in messages[3:]))
     assert channel.frames == [("ack", 3, True), ("ack", 6, True)]
     assert acks.frames == 2
+
+
+async def test_registration_out_of_order_never_covers_a_lower_tag_in_flight() -> None:
+    # aio-pika hands deliveries to tasks: tag 3 may be registered before tag 2.
+    channel, acks, messages = setup(6, order=[1, 3, 2, 4, 5, 6])
+    await asyncio.gather(acks.ack(messages[0]), acks.ack(messages[2]), acks.ack(messages[3]))
+    assert 2 not in covered(channel.frames, 4)
+    await acks.ack(messages[1])
+    assert covered(channel.frames, 4) == {1, 2, 3, 4}
+    # The run passed 3 and 4 (acked one by one before): the next acks share one again.
+    await asyncio.gather(acks.ack(messages[4]), acks.ack(messages[5]))
+    assert channel.frames[-1] == ("ack", 6, True)
+    assert acks.frames == len(channel.frames) == 5
+
+
+async def test_a_tag_not_registered_yet_stops_the_run() -> None:
+    channel, acks, messages = setup(3, order=[1, 3])  # 2 delivered, its task not run yet
+    await asyncio.gather(acks.ack(messages[0]), acks.ack(messages[2]))
+    assert channel.frames == [("ack", 1, True), ("ack", 3, False)]
+    acks.received(messages[1])
+    await acks.ack(messages[1])
+    assert channel.frames[-1] == ("ack", 2, True)
