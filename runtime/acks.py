@@ -15,20 +15,19 @@ acks after it go out one by one, at once, so nothing waits for a slow neighbour 
 prefetch slot is held longer than before. The tag a ``multiple`` ack names is always one the
 broker still holds unacked (an unknown tag would close the channel).
 
-"Every earlier delivery" is counted in tag numbers, not in the order deliveries reach
-``received``: a channel numbers its deliveries 1, 2, 3 …, but aio-pika hands each to the
-consumer in a task of its own, so tag 101 can be registered before tag 100. Walking the tags in
-arrival order once named 101 while 100 was in flight (and later closed the channel with
-PRECONDITION_FAILED, "unknown delivery tag", when 100 was acked: seen in bench/webhook_drain).
-So the run stops at the first tag number that is not settled or not registered yet.
+"Every earlier delivery" is counted in tag numbers (a channel numbers its deliveries 1, 2,
+3 …), not in the order deliveries reach ``received``: a tag not registered yet counts as in
+flight, whatever order the consumer's tasks run in. And the frames go out in the order they
+were decided, from one task (``_send``): acks sent concurrently were reordered by aiormq's
+bounded write queue and a multiple ack named a tag an overtaking one had already covered
+(PRECONDITION_FAILED, "unknown delivery tag", closed the channel in bench/webhook_drain).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
-from typing import Any
+from collections import deque
 
 import aiormq
 import structlog
@@ -52,6 +51,9 @@ class ChannelAcks:
         self._next = 1
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
+        # (multiple-ack tag, single tags, their waiters) per flush, sent by one task in order
+        self._outbox: deque[tuple[int | None, list[int], list[asyncio.Future[None]]]] = deque()
+        self._sender: asyncio.Task[None] | None = None
         self.frames = 0  # ack frames sent (for tests and benchmarks)
 
     def received(self, message: AbstractIncomingMessage) -> None:
@@ -97,8 +99,7 @@ class ChannelAcks:
     def _flush(self) -> None:
         self._scheduled = False
         # The settled run must be contiguous in tag numbers, from the lowest tag not yet
-        # settled: deliveries can reach ``received`` out of order (aio-pika hands each to
-        # its own task), and a tag not registered yet is as good as in flight.
+        # settled; a tag not registered yet is as good as in flight.
         top: int | None = None  # highest acked tag of the settled run
         tag = self._next
         while self._tags.get(tag, _IN_FLIGHT) != _IN_FLIGHT:
@@ -110,32 +111,38 @@ class ChannelAcks:
         for tag in singles:
             self._tags[tag] = _SETTLED  # kept, so that the run can pass it later
         waiters, self._waiters = self._waiters, []
-        if top is None and not singles:
+        self._outbox.append((top, singles, waiters))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+            self._sender.add_done_callback(_retrieve)
+
+    async def _send(self) -> None:
+        """Send what the flushes collected, strictly in order, from this one task.
+
+        Two senders at once could reorder their frames: aiormq's write queue is bounded (10
+        frames per connection) and ``asyncio.Queue.put`` lets a newcomer past a waiting
+        putter, so a later multiple ack could overtake an earlier one, whose tag the broker
+        then no longer knows (PRECONDITION_FAILED closes the channel: seen in
+        bench/webhook_drain). One task enqueueing frame after frame keeps their order; it
+        does not wait for each to reach the socket (``wait=False``).
+        """
+        while self._outbox:
+            top, singles, waiters = self._outbox.popleft()
+            try:
+                if top is not None:
+                    await self._channel.basic_ack(top, multiple=True, wait=False)
+                    self.frames += 1
+                for tag in singles:
+                    await self._channel.basic_ack(tag, wait=False)
+                    self.frames += 1
+            except Exception as exc:  # the channel went: the broker redelivers, handlers dedupe
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-            return
-        task = asyncio.get_running_loop().create_task(self._send(top, singles, waiters))
-        task.add_done_callback(_retrieve)
-
-    async def _send(
-        self, top: int | None, singles: list[int], waiters: list[asyncio.Future[None]]
-    ) -> None:
-        frames: list[Awaitable[Any]] = []
-        if top is not None:
-            frames.append(self._channel.basic_ack(top, multiple=True))
-        frames.extend(self._channel.basic_ack(tag) for tag in singles)
-        self.frames += len(frames)
-        try:
-            await asyncio.gather(*frames)
-        except Exception as exc:  # the channel went: the broker redelivers, handlers dedupe
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-            return
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

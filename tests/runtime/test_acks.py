@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any, cast
 
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from contracts.topology import Topology
+from runtime import consume
 from runtime.acks import ChannelAcks
+from runtime.broker import declare
+from runtime.errors import RetryLater
 
 
 class FakeChannel:
     def __init__(self) -> None:
         self.frames: list[tuple[str, int, bool]] = []
 
-    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
         self.frames.append(("ack", tag, multiple))
 
     async def basic_nack(self, tag: int, requeue: bool = True) -> None:
@@ -92,7 +100,7 @@ async def test_a_later_turn_continues_where_the_last_stopped() -> None:
 
 
 async def test_registration_out_of_order_never_covers_a_lower_tag_in_flight() -> None:
-    # aio-pika hands deliveries to tasks: tag 3 may be registered before tag 2.
+    # Whatever order the consumer's tasks register deliveries in: tag 3 before tag 2.
     channel, acks, messages = setup(6, order=[1, 3, 2, 4, 5, 6])
     await asyncio.gather(acks.ack(messages[0]), acks.ack(messages[2]), acks.ack(messages[3]))
     assert 2 not in covered(channel.frames, 4)
@@ -111,3 +119,70 @@ async def test_a_tag_not_registered_yet_stops_the_run() -> None:
     acks.received(messages[1])
     await acks.ack(messages[1])
     assert channel.frames[-1] == ("ack", 2, True)
+
+
+async def test_against_the_broker_nothing_in_flight_is_acked(amqp_url: str, namespace: str) -> None:
+    """Many deliveries finishing in a shuffled order, some requeued, some held to the end:
+    the channel stays open (no unknown tag), and exactly the held ones come back."""
+    topology = Topology(namespace)
+    queue_name, count, held = topology.orders_queue, 600, {17, 250, 599}
+    rng = random.Random(12)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await declare(channel, topology.declarations())
+        for n in range(count):
+            await channel.default_exchange.publish(
+                aio_pika.Message(str(n).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=queue_name,
+            )
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=200)
+        acks = ChannelAcks(await consumer.get_underlay_channel())
+        stop, lost, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        done: set[int] = set()
+        retried: set[int] = set()
+        all_done = asyncio.Event()
+
+        async def handler(message: AbstractIncomingMessage) -> None:
+            n = int(message.body)
+            for _ in range(rng.randrange(20)):
+                await asyncio.sleep(0)  # finish in a shuffled order
+            if n in held:
+                await release.wait()
+            if n % 50 == 3 and n not in retried:
+                retried.add(n)
+                raise RetryLater("once more", 0.0)  # a nack among the acks
+            done.add(n)
+            if len(done) == count - len(held):
+                all_done.set()
+
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            acks.received(message)
+            task = asyncio.create_task(
+                consume.handle_message(message, handler, stop=stop, lost=lost, settler=acks)
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        queue = await consumer.get_queue(queue_name, ensure=False)
+        await queue.consume(on_message)
+        await asyncio.wait_for(all_done.wait(), 60)
+        await asyncio.sleep(0.2)  # let the last acks go out
+        assert not consumer.is_closed
+        assert acks.frames < count - len(held)  # shared acks, not one per message
+        await consumer.close()  # the held ones were never acked: back to the queue
+        for task in list(tasks):
+            task.cancel()
+
+        async def back() -> bool:
+            declared = await channel.declare_queue(queue_name, passive=True)
+            return declared.declaration_result.message_count == len(held)
+
+        async with asyncio.timeout(20):
+            while not await back():  # noqa: ASYNC110 - the broker has no event to wait on
+                await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
