@@ -2,8 +2,8 @@
 
 A consumer that acks each message costs the broker one ``basic.ack`` frame and one settle
 command to the quorum queue per message; with ~250 messages in flight and a fast merchant,
-most of them finish within one turn of the event loop. ``ChannelAcks`` collects the acks
-made in one turn and sends, at the end of it (``call_soon``), a single ``multiple`` ack up to
+many of them finish close together. ``ChannelAcks`` collects the acks made within
+``linger_s`` of the first (or within one turn of the loop) and sends a single ``multiple`` ack up to
 the highest delivery tag below which every message is settled, plus one plain ack for each
 acked message above the first one still in flight.
 
@@ -43,8 +43,10 @@ _IN_FLIGHT, _ACK, _SETTLED = 0, 1, 2
 class ChannelAcks:
     """Batched acks for the deliveries of one fresh channel that only this consumer uses."""
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(self, channel: aiormq.abc.AbstractChannel, linger_s: float = 0.0) -> None:
         self._channel = channel
+        # How long the first ack of a batch waits for others (0: to the end of this turn).
+        self._linger_s = linger_s
         # delivery tag -> state of the deliveries not yet acked; tags below ``_next`` are
         # all settled (the channel numbers its deliveries 1, 2, 3 ...).
         self._tags: dict[int, int] = {}
@@ -94,7 +96,11 @@ class ChannelAcks:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            if self._linger_s > 0:
+                loop.call_later(self._linger_s, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
