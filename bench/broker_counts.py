@@ -1,8 +1,9 @@
 """Messages the broker handled, from its own counters: what a benchmark costs RabbitMQ.
 
 Reads ``rabbit_global_counters`` (messages published, routed, confirmed, delivered, acked)
-and each connection's ``recv_cnt``/``send_cnt`` (socket reads and writes: a proxy for the
-frames a role sends, e.g. one ack per message vs. one ``multiple`` ack per batch) through
+and each connection's ``recv_cnt``/``send_cnt`` (the broker's socket reads from and writes to
+that connection: a proxy for the frames a role sends, e.g. one ack per message vs. one
+``multiple`` ack per batch, and for the deliveries and confirms it gets) through
 ``scripts/services.sh ctl eval``, so only for the private node of this checkout; ``None``
 otherwise. Diff two readings to get a run's figures.
 """

@@ -922,7 +922,7 @@ async def run_once(
         print(
             "    broker per acked callback: "
             + ", ".join(f"{k} {counts[k] / per:.2f}" for k in broker_counts.COUNTERS)
-            + "; socket reads (writes) by connection: "
+            + "; broker's socket reads from (writes to) each role: "
             + ", ".join(
                 f"{k[5:]} {v / per:.2f} ({counts['send:' + k[5:]] / per:.2f})"
                 for k, v in sorted(counts.items())
