@@ -78,9 +78,6 @@ log = structlog.get_logger(__name__)
 # between redelivers a message whose attempt is found recorded (or is made again).
 _RECORD_LINGER_S = 0.005
 _ACK_LINGER_S = 0.005
-# The read before an attempt waits less: it delays the webhook itself. In py-spy the lookup
-# was 3x the write's CPU (11 % of the worker) while batched by loop turn only.
-_LOOKUP_LINGER_S = 0.002
 
 
 def subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
@@ -147,7 +144,7 @@ class WebhookWorker:
         # Concurrent deliveries share their Postgres round trips: one lookup and one write
         # statement for all that reach that step in the same turn of the loop.
         self._lookups: Coalescer[store.AttemptKey, store.Lookup] = Coalescer(
-            lambda keys: store.lookup_many(self.pool, keys), linger_s=_LOOKUP_LINGER_S
+            lambda keys: store.lookup_many(self.pool, keys)
         )
         # The write after an attempt may wait a few ms for others: it delays only the ack
         # (the merchant has the webhook already) and shares one commit among more of them.
