@@ -30,12 +30,9 @@ import contextlib
 from collections import deque
 
 import aiormq
-import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 __all__ = ["ChannelAcks"]
-
-log = structlog.get_logger("runtime")
 
 _IN_FLIGHT, _ACK, _SETTLED = 0, 1, 2
 
@@ -64,7 +61,7 @@ class ChannelAcks:
             self._tags[message.delivery_tag] = _IN_FLIGHT
 
     async def ack(self, message: AbstractIncomingMessage) -> None:
-        """Ack ``message`` with the others of this turn; returns once the frame is written."""
+        """Ack ``message`` together with others; returns once its frame is queued."""
         tag = message.delivery_tag
         if tag is None or tag not in self._tags:
             await message.ack()  # not tracked (should not happen): plain ack
