@@ -63,6 +63,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
+import broker_counts
 import orjson
 from aiohttp import web
 from ingress_ceiling import (
@@ -475,6 +476,7 @@ class RunResult:
     cpu: dict[str, float]
     sender_limited: bool
     statements: dict[str, float]
+    broker: dict[str, float] = field(default_factory=dict)
 
 
 async def _backlog(
@@ -747,6 +749,7 @@ async def run_once(
         if pg_stats:
             await conn.execute("SELECT pg_stat_statements_reset()")
         before = await procs.snapshot(conn)
+        counts_before = await asyncio.to_thread(broker_counts.read)
         spies = []
         if args.py_spy:
             spy_dir = Path(args.py_spy) / f"{layout}-{rate:g}-{namespace}"
@@ -816,6 +819,7 @@ async def run_once(
             await watcher
             await watch_conn.close()
         after = await procs.snapshot(conn)
+        counts_after = await asyncio.to_thread(broker_counts.read)
         expected = await conn.fetchval("SELECT count(*) FROM events")
         statements = await _statement_stats(conn) if pg_stats else None
         records = await _merchant_dump(merchant_port)
@@ -926,6 +930,22 @@ async def run_once(
     if args.rss_every:
         names = sorted(k for k in after.rss if not k.startswith("sender"))
         print("\n".join(rss_series.report(args.seconds, names)))
+    if counts_before is not None and counts_after is not None:
+        counts = broker_counts.difference(counts_before, counts_after)
+        for key in ("published", "routed", "confirmed"):
+            counts[key] -= len(probe)  # the confirm probe's own messages
+        per = max(acked, 1)
+        result.broker = {k: v / per for k, v in counts.items()}
+        print(
+            "    broker per acked callback: "
+            + ", ".join(f"{k} {counts[k] / per:.2f}" for k in broker_counts.COUNTERS)
+            + "; broker's socket reads from (writes to) each role: "
+            + ", ".join(
+                f"{k[5:]} {v / per:.2f} ({counts['send:' + k[5:]] / per:.2f})"
+                for k, v in sorted(counts.items())
+                if k.startswith("recv:") and k[5:].startswith("payhook")
+            )
+        )
     if statements is not None:
         delivered = max(unique, 1)
         by_role: dict[str, int] = {}
@@ -1028,7 +1048,7 @@ async def main(args: argparse.Namespace) -> int:
         f"e2e: rates {', '.join(f'{r:g}' for r in rates)}/s x {args.seconds:g} s, layouts"
         f" {', '.join(layouts)}, {args.repeat} repetition(s); {args.senders} sender(s) x"
         f" {args.connections} connections; merchant max_in_flight"
-        f" {args.max_in_flight or 'default (4)'}; log level {args.log_level}, metrics"
+        f" {args.max_in_flight or 'default (16)'}; log level {args.log_level}, metrics"
         f" {args.metrics}; {os.cpu_count()} cores for everything",
         flush=True,
     )
