@@ -29,7 +29,7 @@ from contracts.events import encode_event
 from contracts.topology import HEADER_CORRELATION_ID, OUTBOX_CHANNEL, Topology
 from runtime import database
 from runtime.backoff import DEFAULT_BACKOFF, sleep_or_stop, wait_any
-from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.broker import BrokerNodes, Session, declare, raw_channel, run_sessions
 from runtime.errors import describe, is_database_outage
 from runtime.health import Dependency
 from runtime.metrics import refresh_periodically
@@ -84,8 +84,7 @@ async def _publish_all(exchange: AbstractExchange, rows: Sequence[asyncpg.Record
     ``Message`` object and a deadline each (a quarter of the relay's CPU in py-spy).
     """
     # aio-pika's Exchange keeps its channel; the abstract interface does not declare it.
-    underlay = await cast(aio_pika.Exchange, exchange).channel.get_underlay_channel()
-    channel = cast(aiormq.Channel, underlay)  # the concrete class has ``wait``
+    channel = await raw_channel(cast(aio_pika.Exchange, exchange).channel)
     async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
         await asyncio.gather(
             *(
