@@ -50,7 +50,7 @@ from workers.db import migrate
 EMPTY = "payhook_bench_growth_empty"
 
 _SIZES = """
-SELECT c.relname AS name, c.relkind AS kind, c.reltuples::bigint AS rows,
+SELECT c.relname AS name, c.relkind::text AS kind, c.reltuples::bigint AS rows,
        pg_relation_size(c.oid) AS bytes, t.relname AS of,
        CASE WHEN c.relkind = 'r' THEN pg_total_relation_size(c.oid) END AS total
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -62,7 +62,8 @@ ORDER BY coalesce(t.relname, c.relname), c.relkind DESC, c.relname
 _STATEMENTS = """
 SELECT query, calls, total_exec_time, shared_blks_hit, shared_blks_read, shared_blks_dirtied
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
-WHERE d.datname = $1 AND query !~* '^(BEGIN|COMMIT|SELECT CASE WHEN is_called|SELECT count)'
+WHERE d.datname = $1
+  AND query !~* '^(BEGIN|COMMIT|SELECT CASE WHEN is_called|SELECT count|UPDATE events SET published)'
 ORDER BY total_exec_time DESC LIMIT 12
 """
 
