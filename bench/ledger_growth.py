@@ -63,7 +63,7 @@ _STATEMENTS = """
 SELECT query, calls, total_exec_time, shared_blks_hit, shared_blks_read, shared_blks_dirtied
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
 WHERE d.datname = $1
-  AND query !~* '^(BEGIN|COMMIT|SELECT CASE WHEN is_called|SELECT count|UPDATE events SET published)'
+  AND query !~* '^(BEGIN|COMMIT|SELECT CASE WHEN is_called|SELECT count|UPDATE events SET pub)'
 ORDER BY total_exec_time DESC LIMIT 12
 """
 
