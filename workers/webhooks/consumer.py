@@ -66,7 +66,7 @@ from workers.webhooks.delivery import (
 )
 from workers.webhooks.messages import HEADER_ROUND, Job, Publisher, header_int, header_str
 from workers.webhooks.retry import Action, Outcome, Plan, plan_next
-from workers.webhooks.sweeper import start_sweeper
+from workers.webhooks.sweeper import Sweeper
 
 __all__ = ["WebhookWorker", "run_webhook_worker", "subscribed"]
 
@@ -415,7 +415,8 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
     )
     delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
     gauges = None
-    sweeper = start_sweeper(pool, lambda: worker.publisher, stop, settings)
+    sweeper = Sweeper.from_settings(pool, topology, stop, settings)
+    sweeping = sweeper.start() if sweeper is not None else None
     worker.claim_twins = sweeper is not None
     if settings.metrics:
         worker.export_metrics()
@@ -428,6 +429,8 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
         await declare(channel, topology.declarations(delays))
         publish_channel = await broker.channel(publisher_confirms=True)
         worker.attach(Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost)
+        if sweeper is not None:
+            sweeper.attach(broker)
         queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
         tag = await queue.consume(worker.on_message)
         log.info(
@@ -449,7 +452,7 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
             name="payhook-webhooks",
         )
     finally:
-        for task in (gauges, sweeper):
+        for task in (gauges, sweeping):
             if task is not None:
                 task.cancel()
         await worker.drain(0)

@@ -35,19 +35,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import structlog
+from aio_pika.abc import AbstractChannel
 
 from contracts.config import Settings
+from contracts.topology import Topology
+from runtime.broker import Session
 from workers.webhooks import store
 from workers.webhooks.messages import Job, Publisher
 
-__all__ = ["SWEEP_BATCH", "Swept", "run_sweeper", "start_sweeper", "sweep_once"]
+__all__ = ["SWEEP_BATCH", "Sweeper", "Swept", "sweep_once"]
 
 log = structlog.get_logger(__name__)
 
@@ -156,62 +158,89 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-async def run_sweeper(
-    pool: asyncpg.Pool[Any],
-    publisher: Callable[[], Publisher],
-    stop: asyncio.Event,
-    *,
-    overdue_s: float,
-    interval_s: float,
-    recheck_s: float,
-) -> None:
-    """Sweep every ``interval_s`` until ``stop``.
+class Sweeper:
+    """``sweep_once`` every ``interval_s`` until ``stop``, on its own confirmed channel.
 
-    ``publisher()`` is the worker's current broker session's publisher (it raises while there
-    is none). A failed sweep (Postgres or broker away) is logged and tried again next time:
-    this loop is the safety net under the delay queues and must outlive their outages.
+    Its own channel, not the worker's publisher: on RabbitMQ 3.10 a channel whose first
+    publish to a quorum queue was refused while that queue's leader was away keeps being
+    refused (docs/operations.md, "Publishers after a node loss"), so after a failed publish
+    the sweeper drops its channel and opens a new one on the same connection for the next
+    sweep, without ending the worker's broker session. A failed sweep (Postgres or broker
+    away) is logged and tried again next time: this loop is the safety net under the delay
+    queues and must outlive their outages.
     """
-    log.info("webhooks.sweeper_started", overdue_s=overdue_s, interval_s=interval_s)
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        if stop.is_set():
-            break
-        try:
-            current = publisher()
-        except ConnectionRefusedError:
-            continue  # between broker sessions: the runtime is reconnecting
-        try:
-            done = await sweep_once(pool, current, overdue_s=overdue_s, recheck_s=recheck_s)
-        except Exception as exc:  # an outage or a bug: log it, sweep again
-            log.warning("webhooks.sweep_failed", error=repr(exc))
-            continue
-        if done.published or done.failed:
-            log.info(
-                "webhooks.swept",
-                published=done.published,
-                skipped=done.skipped,
-                failed=done.failed,
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        topology: Topology,
+        stop: asyncio.Event,
+        settings: Settings,
+    ) -> None:
+        self.pool = pool
+        self.topology = topology
+        self.stop = stop
+        self.overdue_s = settings.webhook_overdue_s
+        self.interval_s = settings.webhook_sweep_interval_s
+        self.recheck_s = settings.webhook_overdue_recheck_s
+        self.publish_timeout_s = settings.publish_timeout_s
+        self._session: Session | None = None
+        self._channel: AbstractChannel | None = None
+
+    @classmethod
+    def from_settings(
+        cls, pool: asyncpg.Pool[Any], topology: Topology, stop: asyncio.Event, settings: Settings
+    ) -> Sweeper | None:
+        """The sweeper of a webhook worker role, or None when turned off (overdue_s 0)."""
+        return cls(pool, topology, stop, settings) if settings.webhook_overdue_s > 0 else None
+
+    def attach(self, session: Session) -> None:
+        """Publish through this broker session from now on (the runtime's current one)."""
+        self._session, self._channel = session, None
+
+    def start(self) -> asyncio.Task[None]:
+        return asyncio.create_task(self.run(), name="webhooks-sweeper")
+
+    async def run(self) -> None:
+        log.info("webhooks.sweeper_started", overdue_s=self.overdue_s, interval_s=self.interval_s)
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=self.interval_s)
+            if self.stop.is_set():
+                break
+            try:
+                done = await self.sweep()
+            except Exception as exc:  # an outage or a bug: log it, sweep again
+                log.warning("webhooks.sweep_failed", error=repr(exc))
+                await self._drop_channel()
+                continue
+            if done is not None and (done.published or done.failed):
+                log.info(
+                    "webhooks.swept",
+                    published=done.published,
+                    skipped=done.skipped,
+                    failed=done.failed,
+                )
+
+    async def sweep(self) -> Swept | None:
+        """One sweep now; None between broker sessions (the runtime is reconnecting)."""
+        session = self._session
+        if session is None or session.lost.is_set():
+            return None
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await session.connection.channel(
+                publisher_confirms=True, on_return_raises=True
             )
+        publisher = Publisher(self._channel, self.topology, self.publish_timeout_s)
+        done = await sweep_once(
+            self.pool, publisher, overdue_s=self.overdue_s, recheck_s=self.recheck_s
+        )
+        if done.failed:
+            await self._drop_channel()
+        return done
 
-
-def start_sweeper(
-    pool: asyncpg.Pool[Any],
-    publisher: Callable[[], Publisher],
-    stop: asyncio.Event,
-    settings: Settings,
-) -> asyncio.Task[None] | None:
-    """The sweeper as a task of the webhook worker role (None when turned off)."""
-    if settings.webhook_overdue_s <= 0:
-        return None
-    return asyncio.create_task(
-        run_sweeper(
-            pool,
-            publisher,
-            stop,
-            overdue_s=settings.webhook_overdue_s,
-            interval_s=settings.webhook_sweep_interval_s,
-            recheck_s=settings.webhook_overdue_recheck_s,
-        ),
-        name="webhooks-sweeper",
-    )
+    async def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
