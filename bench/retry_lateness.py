@@ -220,7 +220,11 @@ async def sweep(
                 connection = await aio_pika.connect(url, timeout=10)
                 channel = None
             if channel is None or channel.is_closed:
-                channel = await connection.channel(publisher_confirms=True)
+                # Bounded: after a refused publish on a hung node's queue even this can hang.
+                channel = await asyncio.wait_for(
+                    connection.channel(publisher_confirms=True), timeout=5
+                )
+            _log(f"sweeper: publishing {len(overdue)} overdue")
             results = await asyncio.gather(
                 *(
                     channel.default_exchange.publish(
@@ -237,7 +241,10 @@ async def sweep(
                 return_exceptions=True,
             )
         except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
-            _log(f"sweeper: {exc!r}; again in {plan.interval_s:g} s")
+            _log(f"sweeper: {exc!r}; again in {plan.interval_s:g} s on a new connection")
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), timeout=1)
             connection = None
             continue
         ok = [i for i, r in zip(overdue, results, strict=True) if not isinstance(r, BaseException)]
@@ -246,8 +253,9 @@ async def sweep(
         plan.published += len(ok)
         if len(ok) < len(overdue):
             plan.refused += len(overdue) - len(ok)
+            # Not waited on for long: closing a channel stuck on a hung node's queue hangs too.
             with contextlib.suppress(Exception):
-                await channel.close()
+                await asyncio.wait_for(channel.close(), timeout=1)
             channel = None  # 3.10: a refused channel stays refused; the next sweep opens another
         _log(f"sweeper: re-published {len(ok)} overdue, {len(overdue) - len(ok)} refused")
     if connection is not None:

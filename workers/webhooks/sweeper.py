@@ -209,7 +209,10 @@ class Sweeper:
             if self.stop.is_set():
                 break
             try:
-                done = await self.sweep()
+                # Bounded as a whole: on a hung node even opening or closing a channel can
+                # hang, and a stuck sweep must not stop the later ones.
+                async with asyncio.timeout(self.publish_timeout_s + 10.0):
+                    done = await self.sweep()
             except Exception as exc:  # an outage or a bug: log it, sweep again
                 log.warning("webhooks.sweep_failed", error=repr(exc))
                 await self._drop_channel()
@@ -242,5 +245,6 @@ class Sweeper:
     async def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
+            # Bounded: closing a channel whose publishes are stuck on a hung node hangs too.
             with contextlib.suppress(Exception):
-                await channel.close()
+                await asyncio.wait_for(channel.close(), timeout=1.0)
