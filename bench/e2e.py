@@ -37,7 +37,9 @@ process (py-spy, raw) and prints where each spends its samples; ``--layouts ingr
 two ingress processes alone; ``--max-in-flight N`` sets the merchant's concurrency limit.
 
 Each run stops by itself (``--seconds`` of sending, at most ``--drain-timeout`` of draining)
-and cleans up its processes, queues and database.
+and cleans up its processes, queues and database. ``--database NAME`` runs on that existing
+database instead (say, one ``bench/ledger_growth.py`` filled with millions of payments): it is
+migrated, never recreated or dropped, and keeps what the run wrote.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
+import broker_counts
 import orjson
 from aiohttp import web
 from ingress_ceiling import (
@@ -399,6 +402,7 @@ class Processes:
     named: dict[str, int] = field(default_factory=dict)
     postmaster: int | None = None
     rabbitmq: int | None = None
+    database: str = DATABASE  # backends of this database are attributed to roles
 
     async def snapshot(self, conn: asyncpg.Connection[Any] | None) -> Snapshot:
         cpu = {name: cpu_of(pid) for name, pid in self.named.items()}
@@ -414,7 +418,7 @@ class Processes:
                     "SELECT pid, application_name, datname FROM pg_stat_activity"
                 )
                 for row in rows:
-                    if row["datname"] == DATABASE:
+                    if row["datname"] == self.database:
                         roles[row["pid"]] = "postgres:" + (row["application_name"] or "other")
             pids = [self.postmaster, *_children(self.postmaster)]
             for pid in pids:
@@ -475,6 +479,7 @@ class RunResult:
     cpu: dict[str, float]
     sender_limited: bool
     statements: dict[str, float]
+    broker: dict[str, float] = field(default_factory=dict)
 
 
 async def _backlog(
@@ -604,8 +609,7 @@ async def _statement_stats(conn: asyncpg.Connection[Any]) -> dict[str, int] | No
     try:
         rows = await conn.fetch(
             "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-            " WHERE d.datname = $1",
-            DATABASE,
+            " WHERE d.datname = current_database()"
         )
     except asyncpg.PostgresError:
         return None
@@ -639,7 +643,10 @@ async def run_once(
     namespace = f"e2e{secrets.token_hex(4)}"
     topology = Topology(namespace)
     prefix = secrets.token_hex(3)
-    database_url = await _fresh_database(server_url, DATABASE)
+    if args.database:
+        database_url = urlunsplit(urlsplit(server_url)._replace(path=f"/{args.database}"))
+    else:
+        database_url = await _fresh_database(server_url, DATABASE)
     merchant_port, listen_port = _free_port(), _free_port()
     config_path = work / f"payhook-{namespace}.toml"
     extra = f"max_in_flight = {args.max_in_flight}" if args.max_in_flight else ""
@@ -677,7 +684,11 @@ async def run_once(
             ("admin", ["admin"]),
         ]
     started: list[subprocess.Popen[Any]] = []
-    procs = Processes(postmaster=None, rabbitmq=_listener_pid(urlsplit(amqp_url).port or 5672))
+    procs = Processes(
+        postmaster=None,
+        rabbitmq=_listener_pid(urlsplit(amqp_url).port or 5672),
+        database=args.database or DATABASE,
+    )
     admin = await asyncpg.connect(server_url)
     try:
         data_dir = await admin.fetchval("SHOW data_directory")
@@ -686,6 +697,8 @@ async def run_once(
         procs.postmaster = _listener_pid(urlsplit(server_url).port or 5432)
     await admin.close()
     conn = await asyncpg.connect(database_url)
+    # A prefilled database already holds events: only this run's are expected as webhooks.
+    events_before = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
     senders: list[subprocess.Popen[bytes]] = []
     finished = False
     watcher: asyncio.Task[None] | None = None
@@ -747,6 +760,7 @@ async def run_once(
         if pg_stats:
             await conn.execute("SELECT pg_stat_statements_reset()")
         before = await procs.snapshot(conn)
+        counts_before = await asyncio.to_thread(broker_counts.read)
         spies = []
         if args.py_spy:
             spy_dir = Path(args.py_spy) / f"{layout}-{rate:g}-{namespace}"
@@ -816,7 +830,8 @@ async def run_once(
             await watcher
             await watch_conn.close()
         after = await procs.snapshot(conn)
-        expected = await conn.fetchval("SELECT count(*) FROM events")
+        counts_after = await asyncio.to_thread(broker_counts.read)
+        expected = await conn.fetchval("SELECT count(*) FROM events WHERE seq > $1", events_before)
         statements = await _statement_stats(conn) if pg_stats else None
         records = await _merchant_dump(merchant_port)
     finally:
@@ -926,6 +941,22 @@ async def run_once(
     if args.rss_every:
         names = sorted(k for k in after.rss if not k.startswith("sender"))
         print("\n".join(rss_series.report(args.seconds, names)))
+    if counts_before is not None and counts_after is not None:
+        counts = broker_counts.difference(counts_before, counts_after)
+        for key in ("published", "routed", "confirmed"):
+            counts[key] -= len(probe)  # the confirm probe's own messages
+        per = max(acked, 1)
+        result.broker = {k: v / per for k, v in counts.items()}
+        print(
+            "    broker per acked callback: "
+            + ", ".join(f"{k} {counts[k] / per:.2f}" for k in broker_counts.COUNTERS)
+            + "; broker's socket reads from (writes to) each role: "
+            + ", ".join(
+                f"{k[5:]} {v / per:.2f} ({counts['send:' + k[5:]] / per:.2f})"
+                for k, v in sorted(counts.items())
+                if k.startswith("recv:") and k[5:].startswith("payhook")
+            )
+        )
     if statements is not None:
         delivered = max(unique, 1)
         by_role: dict[str, int] = {}
@@ -952,7 +983,7 @@ async def run_once(
             print(f"    py-spy {path.stem}: {hot}")
 
     # -- clean up
-    if not args.keep:
+    if not args.keep and not args.database:
         admin = await asyncpg.connect(server_url)
         try:
             await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
@@ -1028,7 +1059,7 @@ async def main(args: argparse.Namespace) -> int:
         f"e2e: rates {', '.join(f'{r:g}' for r in rates)}/s x {args.seconds:g} s, layouts"
         f" {', '.join(layouts)}, {args.repeat} repetition(s); {args.senders} sender(s) x"
         f" {args.connections} connections; merchant max_in_flight"
-        f" {args.max_in_flight or 'default (4)'}; log level {args.log_level}, metrics"
+        f" {args.max_in_flight or 'default (16)'}; log level {args.log_level}, metrics"
         f" {args.metrics}; {os.cpu_count()} cores for everything",
         flush=True,
     )
@@ -1052,7 +1083,8 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also parsed by bench/ledger_growth.py to run e2e rounds itself."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", choices=("main", "sender", "merchant"), default="main")
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -1078,7 +1110,14 @@ def cli() -> int:
     parser.add_argument(
         "--rss-every", type=float, default=0, help="sample RSS every N s; print growth"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--database", help="run on this existing (e.g. prefilled) database: migrated, kept"
+    )
+    return parser
+
+
+def cli() -> int:
+    args = build_parser().parse_args()
     if args.role == "sender":
         _run_loop(lambda: sender_main(json.loads(args.spec)))
         return 0

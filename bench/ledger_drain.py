@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -127,7 +129,7 @@ def cpu_seconds(worker_pids: set[int]) -> dict[str, float]:
 
 
 def workload(
-    count: int, seed: int = 1, order: str = "arrival"
+    count: int, seed: int = 1, order: str = "arrival", prefix: str = "B"
 ) -> tuple[list[CallbackReceived], int]:
     """``count`` messages: 75% unique callbacks (pending + succeeded, some refunds), 25% repeats.
 
@@ -135,7 +137,8 @@ def workload(
     up to 3,000 messages later, is refunded later still, and a repeat comes up to 5,000
     messages after its original (at 5,000/s: within a second or so; real gaps are longer).
     ``shuffled`` is the worst case for the ledger's row locks: every batch in flight shares
-    payments with the one before it, so their transactions take turns.
+    payments with the one before it, so their transactions take turns. Every transaction
+    id starts with ``prefix``: another workload against the same database needs its own.
     """
     rng = random.Random(seed)
     unique: list[tuple[float, CallbackReceived]] = []
@@ -144,7 +147,7 @@ def workload(
     providers = list(_PROVIDERS)
     while len(unique) < target:
         provider = providers[n % len(providers)]
-        txid = f"B{n}"
+        txid = f"{prefix}{n}"
         fee = {"fee_amount": 25} if provider == "paycore" else {}
         paid_at = n + rng.uniform(0, 3000)
         unique.append((n, _callback(provider, txid, Status.PENDING, n)))
@@ -228,6 +231,130 @@ async def cleanup_broker(amqp_url: str, topology: Topology) -> None:
         await connection.close()
 
 
+@dataclass
+class Drain:
+    """One timed drain: rates from worker start and CPU seconds by component."""
+
+    messages: int
+    unique: int
+    seconds: float  # from worker start to the last callback recorded
+    steady: float | None  # callbacks/s after the first commit
+    cpu: dict[str, float]  # cpu_seconds()'s components, plus "postgres backends"
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+def _backend_cpu(pids: Sequence[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def drain(
+    database_url: str,
+    amqp_url: str,
+    topology: Topology,
+    messages: list[CallbackReceived],
+    unique: int,
+    *,
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    deadline: float = 300.0,
+    profile: str | None = None,
+) -> Drain | None:
+    """Start ``workers`` ledger workers on the pre-loaded queue; time them until ``unique``
+    callbacks are recorded (``None`` if they did not make it). The queue must hold
+    ``messages`` and the database no callbacks of them yet.
+
+    "postgres backends" is the CPU of the connections the workers opened to this database,
+    read from /proc before they stop (the pool keeps them open from start to stop): what the
+    ledger costs Postgres, without other databases, autovacuum and other servers sharing the
+    machine (the "postgres" component counts every process of that name).
+    """
+    conn = await asyncpg.connect(database_url)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        recorded_before = await conn.fetchval("SELECT count(*) FROM callbacks")
+        since = await conn.fetchval("SELECT now()")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "payhook.toml"
+            config.write_text(_CONFIG, encoding="utf-8")
+            child_env = {
+                **os.environ,
+                "PAYHOOK_DATABASE_URL": database_url,
+                "PAYHOOK_AMQP_URL": amqp_url,
+                "PAYHOOK_AMQP_NAMESPACE": topology.namespace,
+                "PAYHOOK_CONFIG_PATH": str(config),
+                "PAYHOOK_LOG_LEVEL": "warning",
+                "PAYHOOK_HEALTH_PORT": "0",  # several workers: none needs a health listener
+                **(env or {}),
+            }
+            started = time.perf_counter()
+            command = [sys.executable, "-m", "payhook", "worker", "ledger"]
+            if profile:
+                command[1:1] = ["-m", "cProfile", "-o", profile]
+            for _ in range(workers):
+                processes.append(subprocess.Popen(command, cwd=REPO, env=child_env))  # noqa: ASYNC220
+            pids = {p.pid for p in processes}
+            cpu_before = cpu_seconds(pids)
+            first = None
+            target = recorded_before + unique
+            while True:
+                # The sequence is a cheap progress gauge (a count(*) every 50 ms would add
+                # load of its own); it can run ahead of commits, so the end is a real count.
+                recorded = await conn.fetchval(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM callbacks_seq_seq"
+                )
+                if recorded >= target:
+                    recorded = await conn.fetchval("SELECT count(*) FROM callbacks")
+                now = time.perf_counter()
+                if first is None and recorded > recorded_before:
+                    first = (now, recorded)
+                if recorded >= target:
+                    break
+                if now - started > deadline:
+                    got = recorded - recorded_before
+                    print(f"  gave up after {deadline:.0f} s: {got} of {unique}")
+                    return None
+                if any(p.poll() is not None for p in processes):
+                    print("  a worker exited early")
+                    return None
+                await asyncio.sleep(0.05)
+            done = time.perf_counter()
+            cpu_after = cpu_seconds(pids)
+            # The workers' connections: opened since they started, so all their CPU is theirs
+            # (not autovacuum's, nor that of whoever else is connected).
+            backends = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND backend_start >= $1"
+                " AND pid <> pg_backend_pid()",
+                since,
+            )
+            cpu = {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after}
+            cpu["postgres backends"] = _backend_cpu([r["pid"] for r in backends])
+            steady = None
+            if first is not None and done > first[0]:
+                steady = (target - first[1]) / (done - first[0]) * len(messages) / unique
+            return Drain(len(messages), unique, done - started, steady, cpu)
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        for p in processes:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        await conn.close()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=20000, help="callbacks to pre-load")
@@ -274,91 +401,49 @@ async def main() -> int:
         f"  preload: {len(messages)} published (confirmed, {per_message} per message) "
         f"in {elapsed:.1f} s"
     )
-
-    conn = await asyncpg.connect(database_url)
-    processes: list[subprocess.Popen[bytes]] = []
+    env = {}
+    if args.batch_size:
+        env["PAYHOOK_LEDGER_BATCH_SIZE"] = str(args.batch_size)
+    if args.prefetch:
+        env["PAYHOOK_LEDGER_PREFETCH"] = str(args.prefetch)
+    result = await drain(
+        database_url,
+        amqp_url,
+        topology,
+        messages,
+        unique,
+        workers=args.workers,
+        env=env,
+        deadline=args.deadline,
+        profile=args.profile,
+    )
     status = 1
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "payhook.toml"
-        config.write_text(_CONFIG, encoding="utf-8")
-        env = {
-            **os.environ,
-            "PAYHOOK_DATABASE_URL": database_url,
-            "PAYHOOK_AMQP_URL": amqp_url,
-            "PAYHOOK_AMQP_NAMESPACE": namespace,
-            "PAYHOOK_CONFIG_PATH": str(config),
-            "PAYHOOK_LOG_LEVEL": "warning",
-            "PAYHOOK_HEALTH_PORT": "0",  # several workers: none needs a health listener
-        }
-        if args.batch_size:
-            env["PAYHOOK_LEDGER_BATCH_SIZE"] = str(args.batch_size)
-        if args.prefetch:
-            env["PAYHOOK_LEDGER_PREFETCH"] = str(args.prefetch)
-        try:
-            started = time.perf_counter()
-            command = [sys.executable, "-m", "payhook", "worker", "ledger"]
-            if args.profile:
-                command[1:1] = ["-m", "cProfile", "-o", args.profile]
-            for _ in range(args.workers):
-                processes.append(subprocess.Popen(command, cwd=REPO, env=env))  # noqa: ASYNC220
-            pids = {p.pid for p in processes}
-            cpu_before = cpu_seconds(pids)
-            first = None
-            while True:
-                # The sequence is a cheap progress gauge (a count(*) every 50 ms would add
-                # load of its own); it can run ahead of commits, so the end is a real count.
-                recorded = await conn.fetchval(
-                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM callbacks_seq_seq"
-                )
-                if recorded >= unique:
-                    recorded = await conn.fetchval("SELECT count(*) FROM callbacks")
-                now = time.perf_counter()
-                if first is None and recorded:
-                    first = (now, recorded)
-                if recorded >= unique:
-                    break
-                if now - started > args.deadline:
-                    print(f"  gave up after {args.deadline:.0f} s: {recorded} of {unique}")
-                    return 1
-                if any(p.poll() is not None for p in processes):
-                    print("  a worker exited early")
-                    return 1
-                await asyncio.sleep(0.05)
-            done = time.perf_counter()
-            cpu_after = cpu_seconds(pids)
-            total = done - started
+    if result is not None:
+        print(
+            f"  drained in {result.seconds:.2f} s from worker start: "
+            f"{result.rate:,.0f} callbacks/s ({unique / result.seconds:,.0f} unique/s)"
+        )
+        if result.steady is not None:
             print(
-                f"  drained in {total:.2f} s from worker start: "
-                f"{len(messages) / total:,.0f} callbacks/s ({unique / total:,.0f} unique/s)"
+                f"  after the first commit: {result.steady:,.0f} callbacks/s "
+                f"({result.steady * unique / len(messages):,.0f} unique/s)"
             )
-            if first is not None and done > first[0]:
-                steady = (unique - first[1]) / (done - first[0])
-                print(
-                    f"  after the first commit: {steady * len(messages) / unique:,.0f} "
-                    f"callbacks/s ({steady:,.0f} unique/s)"
-                )
-            spent = {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after}
-            parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(spent.items()) if v > 0.05)
-            if parts:
-                print(f"  CPU while draining ({os.cpu_count()} cores x {total:.1f} s): {parts}")
-        finally:
-            for p in processes:
-                p.send_signal(signal.SIGTERM)
-            for p in processes:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(result.cpu.items()) if v > 0.05)
+        if parts:
+            print(
+                f"  CPU while draining ({os.cpu_count()} cores x {result.seconds:.1f} s): {parts}"
+            )
         print(
             f"  CPU reference (sum(range(10**6)) x 20): {cpu_reference():.0f} ms, lower is faster"
         )
+        conn = await asyncpg.connect(database_url)
         report = await check_ledger(conn)
+        await conn.close()
         counts = ", ".join(f"{k}={v}" for k, v in report.counts.items())
         print(f"  ledger check: {'ok' if report.ok else 'FAILED'} ({counts})")
         for breach in report.breaches:
             print(f"    BREACH {breach}")
         status = 0 if report.ok else 1
-    await conn.close()
     await cleanup_broker(amqp_url, topology)
     if not args.keep:
         await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import uuid
 
-import aio_pika
+import aiormq
 from aio_pika.abc import AbstractExchange
 
 from contracts.callbacks import (
@@ -31,7 +31,7 @@ from contracts.callbacks import (
 )
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from ingress.metrics import BATCH_SIZE, CONFIRMS_IN_FLIGHT
-from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.broker import BrokerNodes, Session, declare, raw_channel, run_sessions
 from runtime.errors import is_refused_publish
 from runtime.health import Dependency
 
@@ -69,6 +69,7 @@ class CallbackPublisher:
         self._max_batch = max(1, max_batch)
         self._dependency = dependency or Dependency("ingress.rabbitmq")
         self._exchange: AbstractExchange | None = None
+        self._channel: aiormq.Channel | None = None
         self._session: Session | None = None
         self._connected = asyncio.Event()
         self._stop = asyncio.Event()
@@ -97,12 +98,13 @@ class CallbackPublisher:
         channel = await session.channel(publisher_confirms=True)
         await declare(channel, self._topology.ingress_declarations())
         self._exchange = await channel.get_exchange(self._topology.callbacks_exchange, ensure=False)
+        self._channel = await raw_channel(channel)
         self._session = session
         self._connected.set()
         try:
             await session.until_stopped_or_lost(self._stop)
         finally:
-            self._exchange, self._session = None, None
+            self._exchange, self._channel, self._session = None, None, None
             self._connected.clear()
 
     async def close(self) -> None:
@@ -152,23 +154,30 @@ class CallbackPublisher:
         """
         try:
             try:
-                message = _message(batch.callbacks)
+                body, properties = _message(batch.callbacks)
             except Exception:  # whatever the encoder raises, the message cannot be built
                 rest = _split(batch)  # fails the unencodable callbacks now, keeps the others
                 if rest is None:
                     return
                 batch = rest  # from here on, the rest is what must be resolved
-                message = _message(batch.callbacks)
-            exchange = self._exchange
-            # Returns Basic.Ack; a Nack/Reject or a mandatory return raises DeliveryError.
-            if exchange is None:
+                body, properties = _message(batch.callbacks)
+            channel = self._channel
+            # Returns Basic.Ack; a Nack or a mandatory return raises (on_return_raises).
+            if channel is None:
                 raise ConnectionRefusedError("broker connection lost")
             if self._metrics:
                 BATCH_SIZE.observe(len(batch.callbacks))
                 CONFIRMS_IN_FLIGHT.inc()
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await exchange.publish(message, routing_key=batch.routing_key, mandatory=True)
+                    await channel.basic_publish(
+                        body,
+                        exchange=self._topology.callbacks_exchange,
+                        routing_key=batch.routing_key,
+                        properties=properties,
+                        mandatory=True,
+                        wait=False,  # see runtime.broker.raw_channel
+                    )
             except TimeoutError:
                 raise PublishFailed("no confirm within the publish timeout") from None
             finally:
@@ -220,27 +229,25 @@ async def _confirmation(batch: _Batch, callback: CallbackReceived) -> None:
         await asyncio.shield(split.outcomes[id(callback)])
 
 
-def _message(callbacks: list[CallbackReceived]) -> aio_pika.Message:
+def _message(callbacks: list[CallbackReceived]) -> tuple[bytes, aiormq.spec.Basic.Properties]:
     """The persistent message carrying ``callbacks``: a plain object for one, else an array."""
     if len(callbacks) == 1:
         only = callbacks[0]
-        return aio_pika.Message(
-            body=encode_callback(only),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        return encode_callback(only), aiormq.spec.Basic.Properties(
+            delivery_mode=2,  # persistent
             content_type="application/json",
             message_id=only.id,
             correlation_id=only.correlation_id or None,
             headers={HEADER_CORRELATION_ID: only.correlation_id},
-            type=CALLBACK_TYPE,
+            message_type=CALLBACK_TYPE,
         )
-    return aio_pika.Message(
-        body=encode_callbacks(callbacks),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    return encode_callbacks(callbacks), aiormq.spec.Basic.Properties(
+        delivery_mode=2,
         content_type="application/json",
         # Each callback inside carries its own deterministic id; this only names the message
         # for broker tooling.
         message_id=uuid.uuid4().hex,
-        type=CALLBACK_BATCH_TYPE,
+        message_type=CALLBACK_BATCH_TYPE,
     )
 
 

@@ -25,10 +25,16 @@ R = TypeVar("R")
 
 class Coalescer(Generic[T, R]):
     def __init__(
-        self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int = 256
+        self,
+        run: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        max_batch: int = 256,
+        linger_s: float = 0.0,
     ) -> None:
         self._run = run
         self._max_batch = max(1, max_batch)
+        # >0: the first item waits this long for company (fewer, larger batches under a
+        # steady trickle, at that much latency); 0: only to the end of the loop's turn.
+        self._linger_s = linger_s
         self._items: list[T] = []
         self._waiters: list[asyncio.Future[R]] = []
         self._scheduled = False
@@ -43,7 +49,10 @@ class Coalescer(Generic[T, R]):
             self._flush()
         elif not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            if self._linger_s > 0:
+                loop.call_later(self._linger_s, self._flush)
+            else:
+                loop.call_soon(self._flush)
         return await waiter
 
     def _flush(self) -> None:

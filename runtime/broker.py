@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
@@ -26,7 +27,7 @@ from runtime.errors import describe, is_broker_outage
 from runtime.health import Dependency
 from runtime.servers import server_name, split_urls
 
-__all__ = ["BrokerNodes", "Session", "declare", "run_sessions"]
+__all__ = ["BrokerNodes", "Session", "declare", "raw_channel", "run_sessions"]
 
 log = structlog.get_logger("runtime")
 
@@ -118,6 +119,18 @@ class Session:
 
     async def until_stopped_or_lost(self, stop: asyncio.Event) -> None:
         await wait_any(stop, self.lost)
+
+
+async def raw_channel(channel: AbstractChannel) -> aiormq.Channel:
+    """The aiormq channel under ``channel``, for publishing with ``wait=False``.
+
+    aio-pika's ``Exchange.publish`` awaits each message's socket write while it holds the
+    channel's lock, so messages in flight together go out one event-loop round trip apart,
+    each with a ``Message`` object and a deadline of its own. ``basic_publish(..., wait=False)``
+    queues the frames and returns the confirm; with the channel's ``on_return_raises`` a nack
+    or a mandatory return still raises.
+    """
+    return cast(aiormq.Channel, await channel.get_underlay_channel())
 
 
 async def declare(channel: AbstractChannel, declarations: Declarations) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -27,13 +28,39 @@ from aio_pika.abc import AbstractIncomingMessage
 from runtime.backoff import DEFAULT_BACKOFF, Backoff, sleep_or_stop
 from runtime.errors import PermanentFailure, RetryLater, describe, is_outage, is_refused_publish
 
-__all__ = ["BUG_REQUEUE_PAUSE_S", "handle_message", "settle"]
+__all__ = ["BUG_REQUEUE_PAUSE_S", "Settler", "handle_message", "settle"]
 
 log = structlog.get_logger("runtime")
 
 BUG_REQUEUE_PAUSE_S = 1.0
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class Settler(Protocol):
+    """How a message is settled; ``runtime.acks.ChannelAcks`` batches the acks."""
+
+    async def ack(self, message: AbstractIncomingMessage) -> None: ...
+
+    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool) -> None: ...
+
+    async def reject(self, message: AbstractIncomingMessage, *, requeue: bool) -> None: ...
+
+
+class _EachMessage:
+    """One frame per message: the message's own ack/nack/reject."""
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()
+
+    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+        await message.nack(requeue=requeue)
+
+    async def reject(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+        await message.reject(requeue=requeue)
+
+
+_EACH = _EachMessage()
 
 
 async def settle(action: Awaitable[object]) -> bool:
@@ -53,6 +80,7 @@ async def handle_message(
     stop: asyncio.Event,
     lost: asyncio.Event,
     backoff: Backoff = DEFAULT_BACKOFF,
+    settler: Settler = _EACH,
 ) -> None:
     attempt = 0
     while True:
@@ -61,17 +89,17 @@ async def handle_message(
         except RetryLater as exc:
             log.info("runtime.message_retry_later", reason=exc.reason, delay_s=exc.delay_s)
             await sleep_or_stop(stop, exc.delay_s)
-            await settle(message.nack(requeue=True))
+            await settle(settler.nack(message, requeue=True))
         except PermanentFailure as exc:
             log.error(
                 "runtime.message_dead_lettered", reason=exc.reason, message_id=message.message_id
             )
-            await settle(message.reject(requeue=False))
+            await settle(settler.reject(message, requeue=False))
         except Exception as exc:
             if not is_outage(exc):
                 log.exception("runtime.message_failed", message_id=message.message_id)
                 await sleep_or_stop(stop, BUG_REQUEUE_PAUSE_S)
-                await settle(message.nack(requeue=True))
+                await settle(settler.nack(message, requeue=True))
                 return
             if is_refused_publish(exc):
                 lost.set()  # a poisoned channel: start a new session (see is_refused_publish)
@@ -90,5 +118,5 @@ async def handle_message(
                 return
             continue
         else:
-            await settle(message.ack())
+            await settle(settler.ack(message))
         return

@@ -146,7 +146,7 @@ def webhook_attempt(merchant: str, status_code: int | None, error_class: str | N
 
 
 async def refresh_attention(pool: asyncpg.Pool[Any]) -> None:
-    # The partial index payments_attention makes this a count over flagged rows only.
+    # The partial index payments_attention_recent makes this a count over flagged rows only.
     LEDGER_ATTENTION.set(
         await pool.fetchval("SELECT count(*) FROM payments WHERE attention IS NOT NULL")
     )

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractExchange
@@ -27,7 +29,7 @@ from contracts.events import encode_event
 from contracts.topology import HEADER_CORRELATION_ID, OUTBOX_CHANNEL, Topology
 from runtime import database
 from runtime.backoff import DEFAULT_BACKOFF, sleep_or_stop, wait_any
-from runtime.broker import BrokerNodes, Session, declare, run_sessions
+from runtime.broker import BrokerNodes, Session, declare, raw_channel, run_sessions
 from runtime.errors import describe, is_database_outage
 from runtime.health import Dependency
 from runtime.metrics import refresh_periodically
@@ -39,9 +41,10 @@ __all__ = ["OUTBOX_CHANNEL", "publish_pending", "run_relay"]
 log = structlog.get_logger("relay")
 
 _POLL_INTERVAL_S = 1.0
+_PUBLISH_TIMEOUT_S = 30.0  # a whole batch's confirms
 
 _CLAIM = """
-    SELECT id, routing_key, correlation_id, body
+    SELECT ctid, id, routing_key, correlation_id, body
     FROM events
     WHERE published_at IS NULL
     ORDER BY seq
@@ -60,26 +63,55 @@ async def publish_pending(
         rows = await conn.fetch(_CLAIM, batch_size)
         if not rows:
             return 0
-        await asyncio.gather(*(_publish(exchange, row) for row in rows))
+        await _publish_all(exchange, rows)
+        # By ctid (a TID scan whatever the statistics): the rows are locked FOR UPDATE in
+        # this transaction, so nobody can move them. By id, the generic plan Postgres caches
+        # for a prepared statement froze as a sequential scan of ``events`` when the table
+        # was young (2.3 ms a batch at 10,000 events in an e2e run, growing with the table).
         await conn.execute(
-            "UPDATE events SET published_at = now() WHERE id = ANY($1::text[])",
-            [row["id"] for row in rows],
+            "UPDATE events SET published_at = now() WHERE ctid = ANY($1::tid[])",
+            [row["ctid"] for row in rows],
         )
     return len(rows)
 
 
-async def _publish(exchange: AbstractExchange, row: asyncpg.Record) -> None:
-    message = aio_pika.Message(
-        body=encode_event(row["body"]),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+async def _publish_all(exchange: AbstractExchange, rows: Sequence[asyncpg.Record]) -> None:
+    """Publish every row with all confirms in flight at once; raises if any is not confirmed.
+
+    Straight on aiormq's channel, with ``wait=False`` and one deadline for the batch:
+    aio-pika's ``Exchange.publish`` awaits each frame's socket write while holding the
+    channel's lock, so a batch went out one event-loop round trip per message, plus a
+    ``Message`` object and a deadline each (a quarter of the relay's CPU in py-spy).
+    """
+    # aio-pika's Exchange keeps its channel; the abstract interface does not declare it.
+    channel = await raw_channel(cast(aio_pika.Exchange, exchange).channel)
+    async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
+        await asyncio.gather(
+            *(
+                channel.basic_publish(
+                    encode_event(row["body"]),
+                    exchange=exchange.name,
+                    routing_key=row["routing_key"],
+                    properties=_properties(row),
+                    # mandatory: an event no queue would take (topology missing) must fail
+                    # (the channel raises on a return), not vanish.
+                    mandatory=True,
+                    wait=False,
+                )
+                for row in rows
+            )
+        )
+
+
+def _properties(row: asyncpg.Record) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        delivery_mode=2,  # persistent
         content_type="application/cloudevents+json",
         message_id=row["id"],
         correlation_id=row["correlation_id"] or None,
         headers={HEADER_CORRELATION_ID: row["correlation_id"]},
-        type=row["body"]["type"],
+        message_type=row["body"]["type"],
     )
-    # mandatory: an event no queue would take (topology missing) must fail, not vanish.
-    await exchange.publish(message, routing_key=row["routing_key"], mandatory=True, timeout=30)
 
 
 async def run_relay(ctx: RoleContext) -> None:

@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 # A callback was held under the order it names itself, or, naming none, under its payment's
 # (apply.py looks expectations up the same way). Its own order id may be one the payment's row
 # does not carry: a held callback teaches the payment nothing. Both halves are indexed
-# (callbacks_held_order; payments_order with callbacks_payment).
+# (callbacks_held_order; payments_order_id with callbacks_payment).
 _HELD = """
 SELECT c.seq, c.body::text AS body, c.correlation_id
 FROM callbacks c JOIN payments p ON p.id = c.payment_id

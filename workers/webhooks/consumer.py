@@ -43,6 +43,7 @@ from contracts.errors import DecodeError
 from contracts.events import decode_event
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
 from runtime import database
+from runtime.acks import ChannelAcks
 from runtime.batching import Coalescer
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.consume import handle_message
@@ -71,6 +72,13 @@ from workers.webhooks.sweeper import Sweeper
 __all__ = ["WebhookWorker", "run_webhook_worker", "subscribed"]
 
 log = structlog.get_logger(__name__)
+
+# Settling after a delivered attempt (the attempt's write, then the ack) waits this long for
+# company: at a few hundred webhooks/s each finishes in a loop turn of its own, so batching by
+# turn alone left one commit and one ack frame per webhook. Only the ack is later; a crash in
+# between redelivers a message whose attempt is found recorded (or is made again).
+_RECORD_LINGER_S = 0.005
+_ACK_LINGER_S = 0.005
 
 
 def subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
@@ -129,6 +137,8 @@ class WebhookWorker:
         self.stop = stop
         # Set when the broker session the current messages came from is lost.
         self.lost = asyncio.Event()
+        # Acks of the current consuming channel, batched (None: one ack per message).
+        self.acks: ChannelAcks | None = None
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = False
@@ -139,8 +149,10 @@ class WebhookWorker:
         self._lookups: Coalescer[store.AttemptKey, store.Lookup] = Coalescer(
             lambda keys: store.lookup_many(self.pool, keys)
         )
+        # The write after an attempt may wait a few ms for others: it delays only the ack
+        # (the merchant has the webhook already) and shares one commit among more of them.
         self._records: Coalescer[store.Finished, None] = Coalescer(
-            lambda items: store.record_attempts(self.pool, items)
+            lambda items: store.record_attempts(self.pool, items), linger_s=_RECORD_LINGER_S
         )
 
     def export_metrics(self) -> None:
@@ -157,23 +169,33 @@ class WebhookWorker:
             raise ConnectionRefusedError("no broker session")  # an outage: waited out
         return self._publisher
 
-    def attach(self, publisher: Publisher, lost: asyncio.Event) -> None:
-        """Use a new broker session's publisher from now on."""
-        self._publisher, self.lost = publisher, lost
+    def attach(
+        self, publisher: Publisher, lost: asyncio.Event, acks: ChannelAcks | None = None
+    ) -> None:
+        """Use a new broker session's publisher (and its channel's acks) from now on."""
+        self._publisher, self.lost, self.acks = publisher, lost, acks
 
     # -- message handling ------------------------------------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Own task per message: its lifetime is ours (drained on shutdown), not the channel's.
-        task = asyncio.create_task(self.handle(message))
+        acks = self.acks
+        if acks is not None:
+            acks.received(message)  # before any await: tags are registered in arrival order
+        task = asyncio.create_task(self.handle(message, acks))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle(
+        self, message: AbstractIncomingMessage, acks: ChannelAcks | None = None
+    ) -> None:
         async def process(message: AbstractIncomingMessage) -> None:
             await self.process(message.body, message.headers or {})
 
-        await handle_message(message, process, stop=self.stop, lost=self.lost)
+        if acks is None:
+            await handle_message(message, process, stop=self.stop, lost=self.lost)
+        else:
+            await handle_message(message, process, stop=self.stop, lost=self.lost, settler=acks)
 
     async def process(self, body: bytes, headers: Mapping[str, Any]) -> None:
         """Handle one message body; returns when it may be acked, raises when it may not."""
@@ -428,7 +450,10 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
         channel = await broker.channel(prefetch=settings.webhook_prefetch)
         await declare(channel, topology.declarations(delays))
         publish_channel = await broker.channel(publisher_confirms=True)
-        worker.attach(Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost)
+        acks = ChannelAcks(await channel.get_underlay_channel(), linger_s=_ACK_LINGER_S)
+        worker.attach(
+            Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost, acks
+        )
         if sweeper is not None:
             sweeper.attach(broker)
         queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
