@@ -203,6 +203,7 @@ async def ingress_run(
     *,
     metrics: bool,
     profile_dir: Path | None = None,
+    code: Path | None = None,
 ) -> IngressRun:
     namespace = f"bench{secrets.token_hex(4)}"
     env = {
@@ -215,12 +216,17 @@ async def ingress_run(
         "PAYHOOK_METRICS": "true" if metrics else "false",
         "PAYHOOK_LISTEN_REUSE_PORT": "true" if args.processes > 1 else "false",
     }
+    # Another checkout's code (--baseline): its packages first on the path, same interpreter.
+    command = [PAYHOOK, "ingress"] if code is None else [sys.executable, "-m", "payhook", "ingress"]
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     procs = []
     for n in range(args.processes):
         env_n = {**env, "PAYHOOK_HEALTH_PORT": str(args.port + 1 + n)}
         procs.append(
             subprocess.Popen(  # noqa: ASYNC220
-                [PAYHOOK, "ingress"],
+                command,
+                cwd=code,
                 env=env_n,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -398,6 +404,12 @@ async def main() -> int:
     parser.add_argument("--max-requests", type=int, default=150_000, help="signed, pre-built")
     parser.add_argument("--log-level", default="info", help="PAYHOOK_LOG_LEVEL (to /dev/null)")
     parser.add_argument("--profile", metavar="DIR", help="one more run under py-spy")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run another checkout's ingress each round (e.g. a git worktree of the"
+        " previous commit), alternating with this one: before/after in the same run",
+    )
     args = parser.parse_args()
     if not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 60:
         raise SystemExit("--rounds 1..10, --duration 1..60 s: keep runs short")
@@ -415,8 +427,17 @@ async def main() -> int:
         f" log level {args.log_level}; {os.cpu_count()} cores shared with the broker and wrk",
         flush=True,
     )
+    baseline = Path(args.baseline) if args.baseline else None
+    if baseline is not None and not baseline.is_absolute():
+        raise SystemExit("--baseline: give the checkout's absolute path")
+    # (label, metrics, code): this checkout per metrics setting, or this vs. the baseline.
+    variants: list[tuple[str, bool, Path | None]] = (
+        [("this checkout", settings[0], None), ("baseline", settings[0], baseline)]
+        if baseline is not None
+        else [(f"metrics {'on ' if m else 'off'}", m, None) for m in settings]
+    )
     ceilings: list[Ceiling] = []
-    runs: dict[bool, list[IngressRun]] = {m: [] for m in settings}
+    runs: dict[str, list[IngressRun]] = {label: [] for label, _, _ in variants}
     for n in range(args.rounds):
         ceiling = await broker_ceiling(amqp_url, args.ceiling_seconds, args.in_flight, size)
         ceilings.append(ceiling)
@@ -425,25 +446,25 @@ async def main() -> int:
             f" quorum, {args.in_flight} in flight), confirm p99 {ceiling.p99_ms:.1f} ms",
             flush=True,
         )
-        order = settings if n % 2 == 0 else settings[::-1]  # A B, B A: neither always first
-        for metrics in order:
-            run = await ingress_run(args, amqp_url, requests, metrics=metrics)
-            runs[metrics].append(run)
-            _print_ingress(f"metrics {'on ' if metrics else 'off'}", run, ceiling)
+        order = variants if n % 2 == 0 else variants[::-1]  # A B, B A: neither always first
+        for label, metrics, code in order:
+            run = await ingress_run(args, amqp_url, requests, metrics=metrics, code=code)
+            runs[label].append(run)
+            _print_ingress(label, run, ceiling)
 
     print(f"summary over {args.rounds} round(s), min / median / max:")
     print(f"  broker ceiling: {spread([c.rate for c in ceilings])} msg/s")
-    for metrics, series in runs.items():
+    for label, series in runs.items():
         ratios = [r.rate / c.rate for r, c in zip(series, ceilings, strict=True)]
         print(
-            f"  payhook, metrics {'on ' if metrics else 'off'}: {spread([r.rate for r in series])}"
+            f"  payhook, {label}: {spread([r.rate for r in series])}"
             f" callbacks/s; p99 {spread([r.p99_ms for r in series], '{:.1f}')} ms;"
             f" payhook/ceiling {spread(ratios, '{:.2f}')};"
             f" ingress CPU {spread([r.cpu_s * 1e6 / max(r.accepted, 1) for r in series])}"
             " us/callback"
         )
-    if len(settings) == 2:
-        on, off = runs[True], runs[False]
+    if baseline is None and len(settings) == 2:
+        on, off = runs["metrics on "], runs["metrics off"]
         cost = [1 - a.rate / b.rate for a, b in zip(on, off, strict=True)]
         print(
             f"  metrics cost in throughput (1 - on/off, per round):"

@@ -346,7 +346,7 @@ def _auto_bool(value: Any, where: str) -> bool | None:
         return value
     if value == "auto":
         return None
-    raise ConfigError(f'{where} must be true, false or "auto"')
+    raise ConfigError(f"{where} must be true, false or \"auto\"")
 
 
 def _is_secret_ref(value: Any) -> bool:
