@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="0,10,20", help="webhook retry schedule, seconds")
     p.add_argument("--fail-first", type=float, default=0.3, help="share of first attempts")
     p.add_argument("--deadline", type=float, default=600.0, help="the whole run, seconds")
+    p.add_argument(
+        "--overdue-s", type=float, help="the roles' PAYHOOK_WEBHOOK_OVERDUE_S (0: no sweeper)"
+    )
     p.add_argument("--log-level", default="info", help="the roles' PAYHOOK_LOG_LEVEL")
     p.add_argument("--workdir", type=Path, help="config, secrets and role logs (default: temp)")
     p.add_argument("--keep", action="store_true", help="keep the database")
@@ -79,6 +82,7 @@ async def _main(args: argparse.Namespace) -> int:
         webhook_schedule=tuple(float(s) for s in args.schedule.split(",")),
         first_failure_rate=args.fail_first,
         log_level=args.log_level,
+        webhook_overdue_s=args.overdue_s,
     )
     cluster = Cluster()
     record = Path(tempfile.mkdtemp(prefix="payhook-nodeloss-")) / "started"

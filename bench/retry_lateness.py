@@ -16,6 +16,14 @@ queues with 3 online members). Then it deletes the queues.
     .venv/bin/python bench/retry_lateness.py ... --confirm-timeout-ms 180000   # RabbitMQ's default
     .venv/bin/python bench/retry_lateness.py ... --fault freeze --freeze-s 30 --down-for 60
 
+``--sweep-overdue S`` adds what payhook's overdue sweeper does (workers/webhooks/sweeper.py),
+with the due times the bench knows standing in for ``webhook_deliveries.next_attempt_at``:
+every ``--sweep-interval`` s a message not yet arrived and due more than S s ago is published
+again (confirmed) straight to the target through a surviving node, on a fresh channel after a
+refused publish, at most once per ``--sweep-recheck`` s. Lateness is then that of the first
+copy; the copies that come later (the delay queue's, once it forwards) are counted as
+"late copies", which payhook makes no-ops, and not as duplicates.
+
 ``--fault kill`` is SIGKILL (a crashed broker: the survivors see its connections reset at
 once); ``freeze`` is SIGSTOP for ``--freeze-s`` seconds, then SIGKILL: a hung host or a cut
 network, which the survivors only notice by timeouts. ``--placement same`` (default) puts the
@@ -175,6 +183,86 @@ async def consume(url: str, queue_name: str, received: Received, stop: asyncio.E
                 await connection.close()
 
 
+@dataclass
+class Sweep:
+    """The stand-in for payhook's sweeper: due times in place of ``next_attempt_at``."""
+
+    overdue_s: float
+    interval_s: float
+    recheck_s: float
+    due: dict[int, float] = field(default_factory=dict)  # i -> due time (epoch s)
+    swept_at: dict[int, float] = field(default_factory=dict)
+    published: int = 0
+    refused: int = 0
+
+
+async def sweep(
+    url: str, queue_name: str, plan: Sweep, received: Received, stop: asyncio.Event
+) -> None:
+    """Publish overdue, not yet arrived messages straight to the target (see the docstring)."""
+    channel: Any = None
+    connection: Any = None
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=plan.interval_s)
+        now = time.time()
+        overdue = [
+            i
+            for i, due in plan.due.items()
+            if i not in received.arrivals
+            and due < now - plan.overdue_s
+            and plan.swept_at.get(i, 0.0) < now - plan.recheck_s
+        ]
+        if not overdue or stop.is_set():
+            continue
+        try:
+            if connection is None or connection.is_closed:
+                connection = await aio_pika.connect(url, timeout=10)
+                channel = None
+            if channel is None or channel.is_closed:
+                # Bounded: after a refused publish on a hung node's queue even this can hang.
+                channel = await asyncio.wait_for(
+                    connection.channel(publisher_confirms=True), timeout=5
+                )
+            _log(f"sweeper: publishing {len(overdue)} overdue")
+            results = await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(
+                            json.dumps({"i": i, "due": plan.due[i]}).encode(),
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=queue_name,
+                        mandatory=True,
+                        timeout=10,
+                    )
+                    for i in overdue
+                ),
+                return_exceptions=True,
+            )
+        except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+            _log(f"sweeper: {exc!r}; again in {plan.interval_s:g} s on a new connection")
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), timeout=1)
+            connection = None
+            continue
+        ok = [i for i, r in zip(overdue, results, strict=True) if not isinstance(r, BaseException)]
+        for i in ok:
+            plan.swept_at[i] = now
+        plan.published += len(ok)
+        if len(ok) < len(overdue):
+            plan.refused += len(overdue) - len(ok)
+            # Not waited on for long: closing a channel stuck on a hung node's queue hangs too.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), timeout=1)
+            channel = None  # 3.10: a refused channel stays refused; the next sweep opens another
+        _log(f"sweeper: re-published {len(ok)} overdue, {len(overdue) - len(ok)} refused")
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
 async def declare(url: str, name: str, arguments: dict[str, Any]) -> None:
     """Declare a queue through ``url``'s node with its leader there (client-local)."""
     async with await aio_pika.connect(url, timeout=10) as connection:
@@ -226,6 +314,9 @@ async def main() -> int:
     parser.add_argument("--confirm-timeout-ms", type=int, help=f"set {SETTING} for this run")
     parser.add_argument("--tolerance", type=float, default=30.0, help="late by at most, s (30)")
     parser.add_argument("--deadline", type=float, default=600.0, help="wait at most, s (600)")
+    parser.add_argument("--sweep-overdue", type=float, help="run the sweeper stand-in (s late)")
+    parser.add_argument("--sweep-interval", type=float, default=5.0, help="sweep every s (5)")
+    parser.add_argument("--sweep-recheck", type=float, default=60.0, help="again after s (60)")
     args = parser.parse_args()
 
     if not args.urls:
@@ -264,6 +355,11 @@ async def main() -> int:
     received = Received(expected=args.count)
     stop = asyncio.Event()
     consumer = asyncio.create_task(consume(urls[client_node], target, received, stop))
+    plan = None
+    sweeper = None
+    if args.sweep_overdue is not None:
+        plan = Sweep(args.sweep_overdue, args.sweep_interval, args.sweep_recheck)
+        sweeper = asyncio.create_task(sweep(urls[client_node], target, plan, received, stop))
     rc = 1
     try:
         async with await aio_pika.connect(urls[client_node], timeout=10) as connection:
@@ -272,6 +368,8 @@ async def main() -> int:
             for i in range(args.count):
                 sent = time.time()
                 body = json.dumps({"i": i, "due": sent + args.ttl}).encode()
+                if plan is not None:
+                    plan.due[i] = sent + args.ttl
                 await channel.default_exchange.publish(
                     aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=delay,
@@ -313,6 +411,8 @@ async def main() -> int:
         await asyncio.sleep(2)  # a moment more for duplicates of the last messages
         stop.set()
         await consumer
+        if sweeper is not None:
+            await sweeper
 
         info = queue_info(client_node, set(names))
         running = services("ctl", client_node, "cluster_status", "--formatter", "json")
@@ -326,6 +426,14 @@ async def main() -> int:
         late = [min(copies) for copies in received.arrivals.values()]
         copies = sum(len(c) for c in received.arrivals.values())
         duplicates = copies - len(received.arrivals)
+        if plan is not None:
+            # The delay queue's copy of a swept message is expected (payhook makes it a no-op).
+            late_copies = sum(max(0, len(received.arrivals.get(i, [])) - 1) for i in plan.swept_at)
+            duplicates -= late_copies
+            _log(
+                f"sweeper: re-published {plan.published} ({plan.refused} refused, tried again); "
+                f"late copies from the delay queue: {late_copies}"
+            )
         lost = missing - waiting
         over = sum(1 for x in late if x > args.tolerance)
         while_down = sum(1 for t in received.first_at.values() if t < restart_at)
@@ -350,6 +458,8 @@ async def main() -> int:
         _log("target met" if rc == 0 else "target MISSED")
     finally:
         stop.set()
+        if sweeper is not None and not sweeper.done():
+            sweeper.cancel()
         if not consumer.done():
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

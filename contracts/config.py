@@ -103,6 +103,14 @@ class Settings:
     # A delivery for an endpoint with 2 x max_in_flight already waiting or in flight goes
     # back to the broker for this long instead of holding one of the prefetched messages.
     webhook_busy_delay_s: float = 5.0
+    # The overdue sweeper (workers/webhooks/sweeper.py): a pending delivery whose next attempt
+    # is this late is published again straight to the webhooks queue, because its delay-queue
+    # message may be held up by the broker (RabbitMQ 3.10 after a node loss); 0 turns it off.
+    webhook_overdue_s: float = 15.0
+    # How often the sweeper looks, and how long it leaves a delivery it re-published before
+    # re-publishing it again (its copy may be waiting behind a backlog: no flood of copies).
+    webhook_sweep_interval_s: float = 5.0
+    webhook_overdue_recheck_s: float = 60.0
     shutdown_grace_s: float = 10.0
 
     @classmethod
@@ -140,6 +148,12 @@ class Settings:
                 raise ConfigError(f"PAYHOOK_{name.upper()}={port}: not a TCP port")
         if self.shutdown_grace_s < 0:
             raise ConfigError("PAYHOOK_SHUTDOWN_GRACE_S must be >= 0")
+        if self.webhook_overdue_s < 0:
+            raise ConfigError("PAYHOOK_WEBHOOK_OVERDUE_S must be >= 0 (0: no sweeper)")
+        if self.webhook_sweep_interval_s <= 0 or self.webhook_overdue_recheck_s <= 0:
+            raise ConfigError(
+                "PAYHOOK_WEBHOOK_SWEEP_INTERVAL_S and PAYHOOK_WEBHOOK_OVERDUE_RECHECK_S must be > 0"
+            )
 
     def __repr__(self) -> str:
         # Settings end up in tracebacks and debug output: never with a URL's password.

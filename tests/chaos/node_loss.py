@@ -87,6 +87,8 @@ class NodeLossPlan:
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     providers: tuple[str, ...] = field(default=("paycore", "paygol", "paypro", "paysera"))
+    # PAYHOOK_WEBHOOK_OVERDUE_S of the roles (None: the default, 15 s; 0: no sweeper).
+    webhook_overdue_s: float | None = None
 
 
 def queue_names(namespace: str, plan: NodeLossPlan) -> tuple[list[str], list[str]]:
@@ -230,6 +232,11 @@ async def run_node_loss(
             admin_port=free_port(),
             log_level=plan.log_level,
             shutdown_grace_s=plan.shutdown_grace_s,
+            extra=(
+                {"PAYHOOK_WEBHOOK_OVERDUE_S": f"{plan.webhook_overdue_s:g}"}
+                if plan.webhook_overdue_s is not None
+                else None
+            ),
         )
         count = int(plan.rate * (plan.load_s + plan.max_extra_s))
         # plan_callbacks goes round-robin over all five providers; Paysepro's money waits for

@@ -108,3 +108,15 @@ def test_admin_cookie_secure(value: object, expected: bool | None) -> None:
 def test_admin_cookie_secure_refuses_other_words() -> None:
     with pytest.raises(ConfigError, match=r"admin\.cookie_secure"):
         parse_config({"admin": {"cookie_secure": "yes"}})
+
+
+def test_the_overdue_sweeper_settings_parse_and_refuse_nonsense() -> None:
+    settings = Settings.from_env(
+        {"PAYHOOK_WEBHOOK_OVERDUE_S": "0", "PAYHOOK_WEBHOOK_SWEEP_INTERVAL_S": "0.5"}
+    )
+    assert (settings.webhook_overdue_s, settings.webhook_sweep_interval_s) == (0.0, 0.5)
+    assert Settings().webhook_overdue_s == 15.0  # on by default
+    with pytest.raises(ConfigError, match="PAYHOOK_WEBHOOK_OVERDUE_S"):
+        Settings.from_env({"PAYHOOK_WEBHOOK_OVERDUE_S": "-1"})
+    with pytest.raises(ConfigError, match="PAYHOOK_WEBHOOK_SWEEP_INTERVAL_S"):
+        Settings.from_env({"PAYHOOK_WEBHOOK_SWEEP_INTERVAL_S": "0"})

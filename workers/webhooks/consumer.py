@@ -57,7 +57,7 @@ from workers.metrics import (
     seconds_since,
     webhook_attempt,
 )
-from workers.webhooks import store
+from workers.webhooks import claims, store
 from workers.webhooks.delivery import (
     AttemptResult,
     Endpoint,
@@ -67,6 +67,7 @@ from workers.webhooks.delivery import (
 )
 from workers.webhooks.messages import HEADER_ROUND, Job, Publisher, header_int, header_str
 from workers.webhooks.retry import Action, Outcome, Plan, plan_next
+from workers.webhooks.sweeper import Sweeper
 
 __all__ = ["WebhookWorker", "run_webhook_worker", "subscribed"]
 
@@ -141,6 +142,8 @@ class WebhookWorker:
         self._locks = _KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = False
+        # Set while the overdue sweeper runs: attempts that may have its twin claim first.
+        self.claim_twins = False
         # Concurrent deliveries share their Postgres round trips: one lookup and one write
         # statement for all that reach that step in the same turn of the loop.
         self._lookups: Coalescer[store.AttemptKey, store.Lookup] = Coalescer(
@@ -291,7 +294,11 @@ class WebhookWorker:
             log.info("webhooks.deferred_busy", delay_s=self.busy_delay_s)
             return
 
-        result = await self._attempt(endpoint, key, job)
+        try:
+            result = await self._attempt(endpoint, key, job)
+        except claims.AttemptInFlight:
+            await self._in_flight_elsewhere(job)
+            return
         if self.metrics:
             webhook_attempt(job.merchant, result.status_code, result.error_class)
             if result.outcome is Outcome.DELIVERED:
@@ -329,6 +336,15 @@ class WebhookWorker:
         endpoint.pending += 1
         try:
             async with endpoint.semaphore:
+                # Its twin from the overdue sweeper may be at this step in another process.
+                if (
+                    self.claim_twins
+                    and claims.may_have_twin(key)
+                    and not await claims.claim_attempt(
+                        self.pool, key, endpoint.merchant.timeout_s + claims.CLAIM_MARGIN_S
+                    )
+                ):
+                    raise claims.AttemptInFlight
                 # ...and again after, since it may have opened while this one waited.
                 if not breaker.allow():
                     return await self._skip(key)
@@ -346,6 +362,15 @@ class WebhookWorker:
         else:
             breaker.release()
         return result
+
+    async def _in_flight_elsewhere(self, job: Job) -> None:
+        # Not an attempt: come back as the same step after the busy hop, and find it recorded
+        # (a no-op) or its holder dead and the claim expired. Without a hop queue it is dropped:
+        # the delivery stays pending, so the sweeper re-publishes it if the holder never
+        # records it.
+        log.info("webhooks.attempt_in_flight_elsewhere")
+        if self.busy_delay_s > 0:
+            await self.publisher.retry(job, job.attempt, self.busy_delay_s)
 
     async def _skip(self, key: store.AttemptKey) -> AttemptResult:
         return AttemptResult(Outcome.FAILED, error_class="circuit_open")
@@ -412,6 +437,9 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
     )
     delays = (*config.webhook_schedule, settings.webhook_busy_delay_s)
     gauges = None
+    sweeper = Sweeper.from_settings(pool, topology, stop, settings)
+    sweeping = sweeper.start() if sweeper is not None else None
+    worker.claim_twins = sweeper is not None
     if settings.metrics:
         worker.export_metrics()
         gauges = asyncio.create_task(
@@ -426,6 +454,8 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
         worker.attach(
             Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost, acks
         )
+        if sweeper is not None:
+            sweeper.attach(broker)
         queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
         tag = await queue.consume(worker.on_message)
         log.info(
@@ -447,8 +477,9 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
             name="payhook-webhooks",
         )
     finally:
-        if gauges is not None:
-            gauges.cancel()
+        for task in (gauges, sweeping):
+            if task is not None:
+                task.cancel()
         await worker.drain(0)
         await endpoints.close()
         await database.close_pool(pool)
