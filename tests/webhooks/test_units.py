@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +14,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from workers.webhooks.breaker import CircuitBreaker
 from workers.webhooks.commands import parse_since
 from workers.webhooks.consumer import subscribed
-from workers.webhooks.delivery import Endpoint, canonical_body, request_headers
+from workers.webhooks.delivery import canonical_body, request_headers
 from workers.webhooks.progress import Progress
 from workers.webhooks.retry import Action, Outcome, Plan, parse_retry_after, plan_next
 from workers.webhooks.signing import decode_secret, sign, signature_header
@@ -232,51 +231,3 @@ def test_progress_prints_tenths_when_not_a_terminal() -> None:
 
 def test_table_aligns_columns() -> None:
     assert render(["A", "BB"], [["xyz", "1"], ["", "22"]]) == "A    BB\nxyz  1\n     22"
-
-
-# -- when an endpoint counts as saturated (the busy hop) -------------------------------------
-
-
-def _endpoint(pending: int, answered_ago: list[float]) -> Endpoint:
-    """An endpoint (4 slots) holding ``pending`` deliveries, whose requests ended that many
-    seconds ago."""
-    from contracts.config import Merchant, Secret
-
-    endpoint = Endpoint(
-        Merchant(
-            "m",
-            "http://127.0.0.1:1/hook",
-            (Secret(new_secret()),),
-            max_in_flight=4,
-        )
-    )
-    now = time.monotonic()
-    for ago in sorted(answered_ago, reverse=True):
-        endpoint._answered.append(now - ago)
-    endpoint.pending = pending
-    return endpoint
-
-
-def test_below_the_wait_limit_nothing_is_saturated() -> None:
-    assert not _endpoint(pending=127, answered_ago=[]).saturated(wait_limit=128, hop_s=5)
-
-
-def test_a_stuck_endpoint_at_the_wait_limit_is_saturated() -> None:
-    # Answers long ago, or none at all: holding more would starve other merchants.
-    assert _endpoint(pending=128, answered_ago=[]).saturated(wait_limit=128, hop_s=5)
-    stuck = _endpoint(pending=128, answered_ago=[30.0 - i * 0.1 for i in range(16)])
-    assert stuck.saturated(wait_limit=128, hop_s=5)
-
-
-def test_a_fast_endpoint_with_a_backlog_is_not_sent_round() -> None:
-    # 16 answers in the last 20 ms: ~750/s, so 200 held are worked off in well under the hop.
-    fast = _endpoint(pending=200, answered_ago=[0.02 - i * 0.00125 for i in range(16)])
-    assert not fast.saturated(wait_limit=128, hop_s=5)
-    # ...but without a hop delay to compare with, the old bound applies.
-    assert fast.saturated(wait_limit=128)
-
-
-def test_a_slow_but_answering_endpoint_is_saturated() -> None:
-    # One answer a second: 128 held would take two minutes, longer than the 5 s hop.
-    slow = _endpoint(pending=128, answered_ago=[float(i) for i in range(16)])
-    assert slow.saturated(wait_limit=128, hop_s=5)

@@ -284,7 +284,7 @@ class WebhookWorker:
 
         if (
             self.busy_delay_s > 0
-            and endpoint.saturated(self.wait_limit, self.busy_delay_s)
+            and endpoint.saturated(self.wait_limit)
             and endpoint.breaker.state != "open"
         ):
             # Not an attempt: the same step comes back after a short hop through a delay
@@ -353,7 +353,6 @@ class WebhookWorker:
                 except BaseException:
                     breaker.release()
                     raise
-                endpoint.answered()
         finally:
             endpoint.pending -= 1
         if result.outcome is Outcome.DELIVERED:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,9 +80,6 @@ class Endpoint:
         self.semaphore = asyncio.Semaphore(max(1, merchant.max_in_flight))
         # Deliveries of this process waiting for a slot or holding one; see ``saturated``.
         self.pending = 0
-        # When its last requests ended (monotonic), so ``saturated`` can tell a fast endpoint
-        # with a backlog from a slow one.
-        self._answered: deque[float] = deque(maxlen=4 * max(1, merchant.max_in_flight))
         self.breaker = CircuitBreaker(merchant.breaker_threshold, merchant.breaker_cooldown_s)
         self.keys: tuple[bytes, ...] = ()
         self.key_error: str | None = None
@@ -95,36 +91,15 @@ class Endpoint:
             self.key_error = str(exc)
         self._session: aiohttp.ClientSession | None = None
 
-    def answered(self) -> None:
-        """A request to this endpoint ended (any outcome, a timeout included)."""
-        self._answered.append(time.monotonic())
-
-    def saturated(self, wait_limit: int = 0, hop_s: float = 0.0) -> bool:
-        """Deliveries waiting for a slot or holding one reached ``max(wait_limit, 2 * slots)``,
-        and (with ``hop_s``) the endpoint would not get through them within ``hop_s``.
+    def saturated(self, wait_limit: int = 0) -> bool:
+        """Deliveries waiting for a slot or holding one reached ``max(wait_limit, 2 * slots)``.
 
         Each of them holds one of the worker's prefetched messages. Past this bound a hanging
         endpoint would soon hold all of them and starve every other merchant, so the consumer
         hands further deliveries back to the broker for a moment instead. The worker sets
-        ``wait_limit`` to half its prefetch, so a merely busy endpoint is not sent round, and
-        ``hop_s`` to the hop's delay: an endpoint answering fast enough to work off what it
-        holds sooner than the hop would bring a delivery back is flowing, not stuck, and a
-        hop would only make its backlog seconds late (a fast merchant behind a burst).
+        ``wait_limit`` to half its prefetch, so a merely busy endpoint is not sent round.
         """
-        if self.pending < max(wait_limit, 2 * max(1, self.merchant.max_in_flight)):
-            return False
-        return hop_s <= 0 or not self._drains_within(hop_s)
-
-    def _drains_within(self, seconds: float) -> bool:
-        answered = self._answered
-        if len(answered) < 2:
-            return False
-        now = time.monotonic()
-        if now - answered[-1] >= seconds:
-            return False  # nothing answered lately: stuck, whatever it did before
-        span = now - answered[0]
-        rate = (len(answered) - 1) / span if span > 0 else float("inf")
-        return self.pending < rate * seconds
+        return self.pending >= max(wait_limit, 2 * max(1, self.merchant.max_in_flight))
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
