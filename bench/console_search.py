@@ -51,9 +51,7 @@ from workers.webhooks.filters import (
     search_deliveries,
 )
 
-SERVER_URL = os.environ.get(
-    "PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook"
-)
+SERVER_URL = os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook")
 
 # (state, cumulative share): a payment's state from one random number.
 _STATES = [

@@ -102,7 +102,7 @@ def cpu_reference() -> float:
     return best * 1000
 
 
-def cpu_seconds(worker_pids: set[int]) -> dict[str, float]:
+def cpu_seconds(worker_pids: set[int], worker: str = "ledger worker") -> dict[str, float]:
     """CPU time so far per component (Linux /proc; empty elsewhere): where the drain's cost goes."""
     tick = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
@@ -117,7 +117,7 @@ def cpu_seconds(worker_pids: set[int]) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         if int(entry.name) in worker_pids:
-            name = "ledger worker"
+            name = worker
         elif comm == "postgres":
             name = "postgres"
         elif comm.startswith("beam"):

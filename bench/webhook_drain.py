@@ -245,7 +245,7 @@ async def main() -> int:
                     stderr=subprocess.DEVNULL,
                 )
             servers = await own_servers(admin, amqp_url)
-            cpu_before = cpu_seconds(pids)
+            cpu_before = cpu_seconds(pids, "webhook worker")
             own_before = servers_cpu(servers)
             t0 = time.perf_counter()
             delivered = 0
@@ -260,7 +260,7 @@ async def main() -> int:
                         break
                     await asyncio.sleep(0.1)
             took = time.perf_counter() - t0
-            cpu_after = cpu_seconds(pids)
+            cpu_after = cpu_seconds(pids, "webhook worker")
             own_after = servers_cpu(servers)
             if spy is not None:
                 spy.send_signal(2)

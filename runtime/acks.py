@@ -30,7 +30,8 @@ import contextlib
 from collections import deque
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage
+
+from runtime.consume import Delivery
 
 __all__ = ["ChannelAcks"]
 
@@ -55,12 +56,12 @@ class ChannelAcks:
         self._sender: asyncio.Task[None] | None = None
         self.frames = 0  # ack frames sent (for tests and benchmarks)
 
-    def received(self, message: AbstractIncomingMessage) -> None:
+    def received(self, message: Delivery) -> None:
         """Call for every delivery of the channel (from its first), before it is handled."""
         if message.delivery_tag is not None:
             self._tags[message.delivery_tag] = _IN_FLIGHT
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         """Ack ``message`` together with others; returns once its frame is queued."""
         tag = message.delivery_tag
         if tag is None or tag not in self._tags:
@@ -72,19 +73,19 @@ class ChannelAcks:
         self._schedule()
         await waiter
 
-    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    async def nack(self, message: Delivery, *, requeue: bool) -> None:
         try:
             await message.nack(requeue=requeue)
         finally:
             self._settled(message)
 
-    async def reject(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    async def reject(self, message: Delivery, *, requeue: bool) -> None:
         try:
             await message.reject(requeue=requeue)
         finally:
             self._settled(message)
 
-    def _settled(self, message: AbstractIncomingMessage) -> None:
+    def _settled(self, message: Delivery) -> None:
         # Only after the nack/reject frame was written: a later multiple ack must not cover it.
         if message.delivery_tag in self._tags:
             self._tags[message.delivery_tag] = _SETTLED

@@ -20,43 +20,64 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+import aiormq
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from runtime.backoff import DEFAULT_BACKOFF, Backoff, sleep_or_stop
 from runtime.errors import PermanentFailure, RetryLater, describe, is_outage, is_refused_publish
 
-__all__ = ["BUG_REQUEUE_PAUSE_S", "Settler", "handle_message", "settle"]
+__all__ = ["BUG_REQUEUE_PAUSE_S", "Delivery", "Settler", "handle_message", "settle"]
 
 log = structlog.get_logger("runtime")
 
 BUG_REQUEUE_PAUSE_S = 1.0
 
-Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+class Delivery(Protocol):
+    """What settling needs of a message: aio-pika's ``IncomingMessage`` has it, and so has
+    ``runtime.delivered.RawDelivery`` (a delivery read straight from aiormq)."""
+
+    @property
+    def delivery_tag(self) -> int | None: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def channel(self) -> aiormq.abc.AbstractChannel: ...
+
+    async def ack(self) -> None: ...
+
+    async def nack(self, *, requeue: bool = True) -> None: ...
+
+    async def reject(self, *, requeue: bool = False) -> None: ...
+
+
+M = TypeVar("M", bound=Delivery)
 
 
 class Settler(Protocol):
     """How a message is settled; ``runtime.acks.ChannelAcks`` batches the acks."""
 
-    async def ack(self, message: AbstractIncomingMessage) -> None: ...
+    async def ack(self, message: Delivery) -> None: ...
 
-    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool) -> None: ...
+    async def nack(self, message: Delivery, *, requeue: bool) -> None: ...
 
-    async def reject(self, message: AbstractIncomingMessage, *, requeue: bool) -> None: ...
+    async def reject(self, message: Delivery, *, requeue: bool) -> None: ...
 
 
 class _EachMessage:
     """One frame per message: the message's own ack/nack/reject."""
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         await message.ack()
 
-    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    async def nack(self, message: Delivery, *, requeue: bool) -> None:
         await message.nack(requeue=requeue)
 
-    async def reject(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    async def reject(self, message: Delivery, *, requeue: bool) -> None:
         await message.reject(requeue=requeue)
 
 
@@ -74,8 +95,8 @@ async def settle(action: Awaitable[object]) -> bool:
 
 
 async def handle_message(
-    message: AbstractIncomingMessage,
-    handler: Handler,
+    message: M,
+    handler: Callable[[M], Awaitable[None]],
     *,
     stop: asyncio.Event,
     lost: asyncio.Event,

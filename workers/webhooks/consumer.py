@@ -36,7 +36,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from contracts.config import Config, Merchant
 from contracts.errors import DecodeError
@@ -47,6 +47,7 @@ from runtime.acks import ChannelAcks
 from runtime.batching import Coalescer
 from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.consume import handle_message
+from runtime.delivered import RawDelivery
 from runtime.metrics import refresh_periodically
 from runtime.process import RoleContext
 from workers.metrics import (
@@ -177,8 +178,12 @@ class WebhookWorker:
 
     # -- message handling ------------------------------------------------------------------
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        # Own task per message: its lifetime is ours (drained on shutdown), not the channel's.
+    async def on_message(self, delivered: DeliveredMessage) -> None:
+        """aiormq's consumer callback (``basic_consume`` on the raw channel)."""
+        message = RawDelivery(delivered)
+        # Own task per message: its lifetime is ours (drained on shutdown), not the channel's
+        # (aiormq cancels its own tasks when the channel closes, and a delivery cut off
+        # mid-call would be made again after the redelivery instead of being recorded).
         acks = self.acks
         if acks is not None:
             acks.received(message)  # before any await: tags are registered in arrival order
@@ -186,11 +191,9 @@ class WebhookWorker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(
-        self, message: AbstractIncomingMessage, acks: ChannelAcks | None = None
-    ) -> None:
-        async def process(message: AbstractIncomingMessage) -> None:
-            await self.process(message.body, message.headers or {})
+    async def handle(self, message: RawDelivery, acks: ChannelAcks | None = None) -> None:
+        async def process(message: RawDelivery) -> None:
+            await self.process(message.body, message.headers)
 
         if acks is None:
             await handle_message(message, process, stop=self.stop, lost=self.lost)
@@ -221,7 +224,10 @@ class WebhookWorker:
             round_ = header_int(headers, HEADER_ROUND, 0)
             attempt = header_int(headers, HEADER_ATTEMPT, 1)
             jobs = [Job(event, merchant, round_, attempt, correlation_id)]
-        await asyncio.gather(*(self.deliver(job) for job in jobs))
+        if len(jobs) == 1:
+            await self.deliver(jobs[0])  # gather would wrap it in one more task
+        else:
+            await asyncio.gather(*(self.deliver(job) for job in jobs))
 
     def subscribers(self, event: Mapping[str, Any]) -> list[str]:
         data = event.get("data")
@@ -450,21 +456,24 @@ async def run_webhook_worker(ctx: RoleContext) -> None:
         channel = await broker.channel(prefetch=settings.webhook_prefetch)
         await declare(channel, topology.declarations(delays))
         publish_channel = await broker.channel(publisher_confirms=True)
-        acks = ChannelAcks(await channel.get_underlay_channel(), linger_s=_ACK_LINGER_S)
+        raw = await channel.get_underlay_channel()
+        acks = ChannelAcks(raw, linger_s=_ACK_LINGER_S)
         worker.attach(
             Publisher(publish_channel, topology, settings.publish_timeout_s), broker.lost, acks
         )
         if sweeper is not None:
             sweeper.attach(broker)
-        queue = await channel.get_queue(topology.webhooks_queue, ensure=False)
-        tag = await queue.consume(worker.on_message)
+        # Deliveries read straight from aiormq (runtime/delivered.py says why).
+        consuming = await raw.basic_consume(
+            topology.webhooks_queue, worker.on_message, no_ack=False
+        )
         log.info(
             "webhooks.started", queue=topology.webhooks_queue, schedule=config.webhook_schedule
         )
         await broker.until_stopped_or_lost(stop)
         # Stop taking work first, then let deliveries in flight finish on this connection.
         with suppress(Exception):
-            await queue.cancel(tag)
+            await raw.basic_cancel(consuming.consumer_tag or "")
         if stop.is_set():
             await worker.drain(settings.shutdown_grace_s)
 
