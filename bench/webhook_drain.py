@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -170,6 +170,20 @@ def servers_cpu(servers: dict[str, int | None]) -> dict[str, float]:
     }
 
 
+def _log_size(path: str | None) -> int:
+    return Path(path).stat().st_size if path and Path(path).exists() else 0
+
+
+def _open_log(path: str | None) -> BinaryIO | None:
+    return open(path, "ab") if path else None  # closed once the worker has exited
+
+
+def _count_lines(path: str, start: int, needle: bytes) -> int:
+    with open(path, "rb") as logs:
+        logs.seek(start)
+        return sum(1 for line in logs if needle in line)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000)
@@ -177,6 +191,9 @@ async def main() -> int:
     parser.add_argument("--prefetch", type=int, default=None)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--profile", help="write a py-spy flame graph (SVG) of the worker here")
+    parser.add_argument(
+        "--log-file", help="append the worker's logs (level info) here; prints its busy hops"
+    )
     args = parser.parse_args()
 
     server = os.environ.get("PAYHOOK_DATABASE_URL", "postgresql://postgres@127.0.0.1:25432/payhook")
@@ -192,6 +209,8 @@ async def main() -> int:
     port = free_port()
     merchant = subprocess.Popen([sys.executable, "-c", MERCHANT_SERVER, str(port)])  # noqa: ASYNC220
     worker: subprocess.Popen[bytes] | None = None
+    log_file = None
+    log_start = 0
     try:
         with tempfile.TemporaryDirectory() as tmp:
             secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -214,16 +233,20 @@ async def main() -> int:
                 "PAYHOOK_AMQP_NAMESPACE": namespace,
                 "PAYHOOK_CONFIG_PATH": str(Path(tmp) / "payhook.toml"),
                 "PAYHOOK_HEALTH_PORT": "0",
-                "PAYHOOK_LOG_LEVEL": "warning",
+                "PAYHOOK_LOG_LEVEL": "info" if args.log_file else "warning",
             }
             if args.prefetch:
                 env["PAYHOOK_WEBHOOK_PREFETCH"] = str(args.prefetch)
             reference = cpu_reference()
             before_db = await db_stats(database_url)
+            log_start = _log_size(args.log_file)
+            log_file = _open_log(args.log_file)
             worker = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below
                 [sys.executable, "-m", "payhook", "worker", "webhooks"],
                 cwd=CODE,
                 env={**env, "PYTHONPATH": str(CODE)},
+                stdout=log_file,
+                stderr=log_file,
             )
             pids = {worker.pid}
             spy = None
@@ -270,6 +293,8 @@ async def main() -> int:
         if worker is not None:
             worker.terminate()
             worker.wait(30)
+        if log_file is not None:
+            log_file.close()
         merchant.terminate()
         merchant.wait(10)
         await cleanup_broker(amqp_url, topology)
@@ -292,6 +317,9 @@ async def main() -> int:
     for name in sorted(own_after):
         spent = own_after[name] - own_before.get(name, 0.0)
         print(f"cpu {name} (ours only): {spent:.1f}s = {1000 * spent / n:.3f} ms per delivery")
+    if args.log_file:
+        hops = _count_lines(args.log_file, log_start, b'"webhooks.deferred_busy"')
+        print(f"busy hops (the same step sent round the {args.count} deliveries): {hops}")
     print(orjson.dumps({"webhooks_per_s": round(delivered / took)}).decode())
     return 0 if delivered >= args.count else 1
 

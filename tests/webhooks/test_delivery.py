@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from contracts.statuses import Status
 from tests.servers import BrokerJanitor
@@ -282,6 +283,38 @@ async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
         " GROUP BY event_id",
     )
     assert {r["event_id"]: r["n"] for r in attempts} == {str(e["id"]): 1 for e in slow_events}
+
+
+async def test_a_busy_but_answering_endpoint_keeps_its_backlog_without_hops(
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp_url: str,
+    namespace: str,
+    amqp_cleanup: BrokerJanitor,
+) -> None:
+    """Past the saturation bound, a merchant that keeps answering is not sent round the busy
+    hop (which made a fast merchant's backlog seconds late): its deliveries wait their turn."""
+    schedule = [0, 60]
+
+    async def answer_soon(_: int, __: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.02)  # the merchant's own latency: busy, never stuck
+        return web.Response(status=200)
+
+    async with MerchantServer(answer_soon).serving() as shop:
+        config = make_config(
+            [MerchantSpec("shop", shop.url, (new_secret(),), {"max_in_flight": 1})], schedule
+        )
+        await declare(amqp_url, namespace, schedule, amqp_cleanup)
+        # Prefetch 8: saturated at 4 waiting or running, so 4 of every 8 would have hopped.
+        settings = replace(make_settings(database_url, amqp_url, namespace), webhook_prefetch=8)
+        events = [make_event("shop") for _ in range(40)]
+        await publish_events(amqp_url, namespace, events)
+        with capture_logs() as logs:
+            async with running_worker(settings, config):
+                await shop.wait_for(len(events), within=30)
+    hops = [entry for entry in logs if entry["event"] == "webhooks.deferred_busy"]
+    assert hops == []
+    assert sorted(shop.webhook_ids()) == sorted(str(e["id"]) for e in events)
 
 
 async def test_rotation_sends_both_signatures_and_each_secret_verifies(

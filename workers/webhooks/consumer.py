@@ -11,8 +11,9 @@ For each (event, merchant), in order:
 2. attempt already finished (redelivered or duplicated message) → finish what was decided
    then, if it was not carried out, and ack;
 3. endpoint disabled (410 or operator) → delivery parked, copy to the dead queue, ack;
-4. endpoint saturated (``Endpoint.saturated``) → hand the message back to the broker through
-   a short delay queue, same step, no attempt recorded, ack;
+4. endpoint saturated (``Endpoint.saturated``) and stuck (``busy.py``), or saturated still
+   after the delivery waited ``busy.STUCK_AFTER_S`` for a slot → hand the message back to
+   the broker through a short delay queue, same step, no attempt recorded, ack;
 5. attempt (or skip it while the breaker is open), record it with the decision
    (``retry.plan_next``), carry the decision out — publish to the delay queue or the dead
    queue, with confirms — mark it carried out, and only then ack.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -59,6 +61,7 @@ from workers.metrics import (
     webhook_attempt,
 )
 from workers.webhooks import claims, store
+from workers.webhooks.busy import STUCK_AFTER_S, Progress
 from workers.webhooks.delivery import (
     AttemptResult,
     Endpoint,
@@ -112,6 +115,10 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+class _WaitedTooLong(Exception):
+    """A delivery waited for its slot while the endpoint stayed saturated: hop (busy.py)."""
+
+
 class WebhookWorker:
     """Everything a delivery needs, built once; ``handle`` is the queue's callback."""
 
@@ -141,6 +148,7 @@ class WebhookWorker:
         # Acks of the current consuming channel, batched (None: one ack per message).
         self.acks: ChannelAcks | None = None
         self._locks = _KeyedLocks()
+        self._progress_of: dict[str, Progress] = {}  # merchant id -> its endpoint's progress
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = False
         # Set while the overdue sweeper runs: attempts that may have its twin claim first.
@@ -288,22 +296,20 @@ class WebhookWorker:
             log.warning("webhooks.parked", reason=reason)
             return
 
-        if (
-            self.busy_delay_s > 0
-            and endpoint.saturated(self.wait_limit)
-            and endpoint.breaker.state != "open"
-        ):
+        if self._may_hop(endpoint) and self._progress(endpoint).stuck(time.monotonic()):
             # Not an attempt: the same step comes back after a short hop through a delay
-            # queue, so this message's prefetch slot is free for other merchants meanwhile.
-            # (An open breaker needs no hop: the skip below costs no waiting.)
-            await self.publisher.retry(job, job.attempt, self.busy_delay_s)
-            log.info("webhooks.deferred_busy", delay_s=self.busy_delay_s)
+            # queue, so this message's prefetch slot is free for other merchants meanwhile
+            # (busy.py: only for an endpoint that is stuck, not for one that is merely busy).
+            await self._hop(job, "endpoint stuck")
             return
 
         try:
             result = await self._attempt(endpoint, key, job)
         except claims.AttemptInFlight:
             await self._in_flight_elsewhere(job)
+            return
+        except _WaitedTooLong:
+            await self._hop(job, "waited for a slot")
             return
         if self.metrics:
             webhook_attempt(job.merchant, result.status_code, result.error_class)
@@ -341,7 +347,8 @@ class WebhookWorker:
             return await self._skip(key)
         endpoint.pending += 1
         try:
-            async with endpoint.semaphore:
+            await self._take_slot(endpoint)
+            try:
                 # Its twin from the overdue sweeper may be at this step in another process.
                 if (
                     self.claim_twins
@@ -354,11 +361,17 @@ class WebhookWorker:
                 # ...and again after, since it may have opened while this one waited.
                 if not breaker.allow():
                     return await self._skip(key)
+                progress = self._progress(endpoint)
+                progress.started(time.monotonic())
                 try:
                     result = await post_event(endpoint, job.event_id, canonical_body(job.event))
                 except BaseException:
                     breaker.release()
                     raise
+                finally:
+                    progress.finished(time.monotonic())
+            finally:
+                endpoint.semaphore.release()
         finally:
             endpoint.pending -= 1
         if result.outcome is Outcome.DELIVERED:
@@ -368,6 +381,39 @@ class WebhookWorker:
         else:
             breaker.release()
         return result
+
+    def _may_hop(self, endpoint: Endpoint) -> bool:
+        # An open breaker needs no hop: the skip after the slot costs no waiting.
+        return (
+            self.busy_delay_s > 0
+            and endpoint.saturated(self.wait_limit)
+            and endpoint.breaker.state != "open"
+        )
+
+    def _progress(self, endpoint: Endpoint) -> Progress:
+        progress = self._progress_of.get(endpoint.merchant.id)
+        if progress is None:
+            progress = self._progress_of[endpoint.merchant.id] = Progress()
+        return progress
+
+    async def _take_slot(self, endpoint: Endpoint) -> None:
+        """One of the endpoint's ``max_in_flight`` slots; ``_WaitedTooLong`` if, after each
+        ``STUCK_AFTER_S`` of waiting, the endpoint is still saturated (busy.py)."""
+        if self.busy_delay_s <= 0:
+            await endpoint.semaphore.acquire()
+            return
+        while True:
+            try:
+                async with asyncio.timeout(STUCK_AFTER_S):
+                    await endpoint.semaphore.acquire()  # cancel-safe: a permit is never lost
+                return
+            except TimeoutError:
+                if self._may_hop(endpoint):
+                    raise _WaitedTooLong from None
+
+    async def _hop(self, job: Job, why: str) -> None:
+        await self.publisher.retry(job, job.attempt, self.busy_delay_s)
+        log.info("webhooks.deferred_busy", delay_s=self.busy_delay_s, why=why)
 
     async def _in_flight_elsewhere(self, job: Job) -> None:
         # Not an attempt: come back as the same step after the busy hop, and find it recorded
