@@ -7,6 +7,7 @@ when payhook's format changes under the example downstream teams copy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import signal
 import sys
@@ -97,9 +98,14 @@ async def payments(db: asyncpg.Connection) -> dict[tuple[str, str], tuple[str, i
 async def test_each_event_is_applied_once_however_often_it_arrives(
     options: Options, box: Outbox, db: asyncpg.Connection
 ) -> None:
+    # The success a second after the pending: the example orders a payment's events by time,
+    # and the six deliveries arrive together (one relay batch), handled concurrently.
+    later = dataclasses.replace(
+        callback(Status.SUCCEEDED, "T1"), received_at="2026-01-02T03:04:06Z"
+    )
     rows = [
         outbox_row(callback(Status.PENDING, "T1")),
-        outbox_row(callback(Status.SUCCEEDED, "T1")),
+        outbox_row(later),
         outbox_row(callback(Status.SUCCEEDED, "T2", provider="paygol")),
         outbox_row(callback(Status.SUCCEEDED, "P1", kind=Kind.PAYOUT)),  # not bound: payment.#
     ]

@@ -17,6 +17,7 @@ applied are duplicates and change nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -277,6 +278,11 @@ _DEAD_QUEUES: dict[str, Callable[[Topology], tuple[str, str]]] = {
 }
 
 
+# How long replay-dead keeps looking for messages the queue's count promised (20 x 0.1 s).
+_EMPTY_GETS = 20
+_EMPTY_GET_PAUSE_S = 0.1
+
+
 async def replay_dead(settings: Settings, limit: int | None = None, queue: str = "ledger") -> int:
     """Move up to ``limit`` messages (default: those there now) from a dead queue back."""
     topology = Topology(settings.amqp_namespace)
@@ -290,10 +296,18 @@ async def replay_dead(settings: Settings, limit: int | None = None, queue: str =
         # Only what is there now: a message that dies again while we run waits for next time.
         there = dead.declaration_result.message_count or 0
         budget = there if limit is None else min(limit, there)
+        empty_gets = 0
         while moved < budget:
             message = await dead.get(no_ack=False, fail=False, timeout=10)
             if message is None:
-                break
+                # Counted, yet not there: a message a peek just handed back (a nack with
+                # requeue, from another channel) can be a moment away from being gettable
+                # again on a quorum queue. Look again for a while before calling it gone.
+                empty_gets += 1
+                if empty_gets > _EMPTY_GETS:
+                    break
+                await asyncio.sleep(_EMPTY_GET_PAUSE_S)
+                continue
             headers = {k: v for k, v in (message.headers or {}).items() if k not in _STRIP}
             previous = headers.get(HEADER_REPLAYED)
             headers[HEADER_REPLAYED] = (previous if isinstance(previous, int) else 0) + 1
