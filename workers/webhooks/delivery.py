@@ -1,8 +1,9 @@
 """One HTTP attempt to a merchant endpoint: sign, POST, classify.
 
-Each merchant gets its own ``Endpoint``: an aiohttp session with its own connection pool
-(through the SSRF-guarded resolver unless the merchant allows private addresses), a
-semaphore of ``max_in_flight`` and a circuit breaker. Separate pools and limits are what keep
+Each merchant gets its own ``Endpoint``: an ``HttpPool`` (``http.py``) of at most
+``max_in_flight`` keep-alive connections (names resolved through the SSRF-guarded resolver
+unless the merchant allows private addresses), a semaphore of ``max_in_flight`` and a circuit
+breaker. Separate pools and limits are what keep
 a slow endpoint from holding up deliveries to the others.
 
 Classification (Standard Webhooks): 2xx is delivered; 410 asks us to stop (the endpoint is
@@ -18,14 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 from contracts.config import Merchant
 from workers.webhooks import signing
 from workers.webhooks.breaker import CircuitBreaker
+from workers.webhooks.http import HttpClientError, HttpPool
 from workers.webhooks.retry import Outcome, parse_retry_after
 from workers.webhooks.ssrf import BlockedAddress, GuardedResolver, check_url
 
@@ -60,20 +62,30 @@ def canonical_body(event: Mapping[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
+# The same on every request to every endpoint: encoded once per endpoint with the request line.
+FIXED_HEADERS = (("content-type", "application/json"), ("user-agent", USER_AGENT))
+
+
+def signed_headers(
+    keys: tuple[bytes, ...], event_id: str, body: bytes, timestamp: int
+) -> tuple[tuple[str, str], ...]:
+    """The headers that change per request (Standard Webhooks)."""
+    return (
+        ("webhook-id", event_id),
+        ("webhook-timestamp", str(timestamp)),
+        ("webhook-signature", signing.signature_header(keys, event_id, timestamp, body)),
+    )
+
+
 def request_headers(
     keys: tuple[bytes, ...], event_id: str, body: bytes, timestamp: int
 ) -> dict[str, str]:
-    return {
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-        "webhook-id": event_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": signing.signature_header(keys, event_id, timestamp, body),
-    }
+    """Every header a webhook request carries besides host and content-length."""
+    return dict(FIXED_HEADERS + signed_headers(keys, event_id, body, timestamp))
 
 
 class Endpoint:
-    """Per-merchant session, concurrency limit and breaker."""
+    """Per-merchant connection pool, concurrency limit and breaker."""
 
     def __init__(self, merchant: Merchant) -> None:
         self.merchant = merchant
@@ -89,7 +101,7 @@ class Endpoint:
                 self.key_error = "no webhook secret configured"
         except ValueError as exc:
             self.key_error = str(exc)
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpPool | None = None
 
     def saturated(self, wait_limit: int = 0) -> bool:
         """Deliveries waiting for a slot or holding one reached ``max(wait_limit, 2 * slots)``.
@@ -101,26 +113,27 @@ class Endpoint:
         """
         return self.pending >= max(wait_limit, 2 * max(1, self.merchant.max_in_flight))
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def client(self) -> HttpPool:
+        """The merchant's pool, made on first use (after ``check_url`` accepted the URL)."""
+        if self._client is None:
             m = self.merchant
-            resolver: Any = DefaultResolver()
+            resolver: AbstractResolver = DefaultResolver()
             if not m.allow_private:
                 resolver = GuardedResolver(resolver)
-            connector = aiohttp.TCPConnector(
-                limit=max(1, m.max_in_flight), resolver=resolver, ttl_dns_cache=10
+            self._client = HttpPool(
+                m.webhook_url,
+                limit=m.max_in_flight,
+                connect_timeout=m.connect_timeout_s,
+                resolver=resolver,
+                fixed_headers=FIXED_HEADERS,
+                keep=RESPONSE_BODY_LIMIT,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=m.timeout_s, connect=m.connect_timeout_s),
-                headers={"user-agent": USER_AGENT},
-            )
-        return self._session
+        return self._client
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
 
 class EndpointRegistry:
@@ -159,28 +172,23 @@ async def post_event(endpoint: Endpoint, event_id: str, body: bytes) -> AttemptR
 
     try:
         check_url(merchant.webhook_url, allow_private=merchant.allow_private)
-        headers = request_headers(endpoint.keys, event_id, body, int(time.time()))
-        # The session's total timeout covers reading the body too; this is a backstop.
-        async with asyncio.timeout(merchant.timeout_s + 1.0):
-            async with endpoint.session().post(
-                merchant.webhook_url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                head = await _read_head(response)
+        headers = signed_headers(endpoint.keys, event_id, body, int(time.time()))
+        # Redirects are never followed: a 3xx comes back as the answer. The timeout covers
+        # connecting, sending, the status and headers, and the first 4 KiB of the body.
+        response = await endpoint.client().post(headers, body, time_limit=merchant.timeout_s)
     except BlockedAddress:
         return AttemptResult(Outcome.FAILED, error_class="blocked_address", duration_ms=elapsed())
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except TimeoutError:
         return AttemptResult(Outcome.FAILED, error_class="timeout", duration_ms=elapsed())
-    except aiohttp.ClientConnectorDNSError as exc:
-        blocked = isinstance(exc.os_error, BlockedAddress)
-        error_class = "blocked_address" if blocked else "dns_error"
-        return AttemptResult(Outcome.FAILED, error_class=error_class, duration_ms=elapsed())
-    except aiohttp.ClientConnectorError:
-        return AttemptResult(Outcome.FAILED, error_class="connection_error", duration_ms=elapsed())
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+    except HttpClientError as exc:  # dns_error, connection_error, server_disconnected_error, …
+        return AttemptResult(Outcome.FAILED, error_class=exc.error_class, duration_ms=elapsed())
+    except (OSError, ValueError) as exc:
         return AttemptResult(Outcome.FAILED, error_class=_error_class(exc), duration_ms=elapsed())
-    text = head.decode("utf-8", errors="replace").replace("\x00", "")
+    # The status decided the outcome: a receiver that answered 200 and then stalled or
+    # dropped the body still got the webhook (the pool keeps what of the body came in time).
+    status = response.status
+    retry_after = parse_retry_after(response.retry_after)
+    text = response.body.decode("utf-8", errors="replace").replace("\x00", "")
     if 200 <= status < 300:
         outcome = Outcome.DELIVERED
     elif status == 410:
@@ -194,24 +202,6 @@ async def post_event(endpoint: Endpoint, event_id: str, body: bytes) -> AttemptR
         retry_after=retry_after,
         duration_ms=elapsed(),
     )
-
-
-async def _read_head(response: aiohttp.ClientResponse) -> bytes:
-    """Up to ``RESPONSE_BODY_LIMIT`` bytes of the body, for the attempt log; best effort.
-
-    The status line decided the outcome already: a receiver that answered 200 and then
-    stalls or drops the body still got the webhook, so a failure here is not a failed attempt.
-    """
-    head = bytearray()
-    try:
-        while len(head) < RESPONSE_BODY_LIMIT:
-            chunk = await response.content.read(RESPONSE_BODY_LIMIT - len(head))
-            if not chunk:
-                break
-            head += chunk
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        pass
-    return bytes(head)
 
 
 def _error_class(exc: BaseException) -> str:
