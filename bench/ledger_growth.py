@@ -16,6 +16,17 @@ It prints fill time, table and index sizes at each step, and a table of the rati
 empty (target: within 1.2). The filled database is kept (the next run resumes the fill from
 where it stands; a step below that is measured at the current size instead) unless ``--drop``.
 
+Checkpoints. Per drain it also prints the WAL the ledger's statements wrote per callback
+(``pg_stat_statements``: bytes and full-page images), how long before the drain the last
+checkpoint was and how many checkpoints ran during it: the first change to a page after a
+checkpoint logs the whole page, so on a big ledger a drain right after a checkpoint costs more
+than one later in the interval. ``DROP DATABASE`` forces a checkpoint (Postgres 15), so each
+pair gets an empty database of its own (``…_empty_<pair>``), all dropped at the end, and the
+checkpoints a run sees are the server's own (``checkpoint_timeout``, ``max_wal_size``) unless
+``--checkpoint`` issues them: ``start`` once before the first pair (the drains then walk through
+one checkpoint interval, callbacks since it in the ``after`` column), ``pair`` before each pair,
+``drain`` before each drain (every drain in the most expensive phase).
+
     PAYHOOK_DATABASE_URL=… PAYHOOK_AMQP_URL=… .venv/bin/python bench/ledger_growth.py \\
         --steps 1000000,5000000 --repeat 3 --e2e-rate 250
 
@@ -59,6 +70,17 @@ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') AND c.relname <> $1
 ORDER BY coalesce(t.relname, c.relname), c.relkind DESC, c.relname
 """
 
+_WAL = """
+SELECT coalesce(sum(wal_fpi), 0) AS fpi, coalesce(sum(wal_bytes), 0) AS bytes
+FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1
+"""
+
+_CHECKPOINTS = """
+SELECT checkpoints_timed + checkpoints_req AS n,
+       extract(epoch FROM now() - (pg_control_checkpoint()).checkpoint_time) AS age
+FROM pg_stat_bgwriter
+"""
+
 _STATEMENTS = """
 SELECT query, calls, total_exec_time, shared_blks_hit, shared_blks_read, shared_blks_dirtied
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
@@ -76,6 +98,10 @@ class Sample:
     worker_us: float
     backend_us: float
     statements: dict[str, tuple[float, float]] = field(default_factory=dict)  # us, misses
+    wal_fpi: float = float("nan")  # full-page images per callback (the database's statements)
+    wal_kb: float = float("nan")  # WAL kB per callback (the database's statements)
+    checkpoint_age: float = float("nan")  # s since the last checkpoint when the drain started
+    checkpoints: int = 0  # checkpoints completed during the drain
 
 
 def _url(server: str, name: str) -> str:
@@ -104,6 +130,7 @@ async def measure_drain(
         try:
             if stats:
                 await admin.execute("SELECT pg_stat_statements_reset()")
+            before = await admin.fetchrow(_CHECKPOINTS)
             result: Drain | None = await drain(
                 url, amqp_url, topology, messages, unique, deadline=args.deadline
             )
@@ -117,7 +144,16 @@ async def measure_drain(
                 result.cpu.get("ledger worker", 0.0) * 1e6 / len(messages),
                 result.cpu["postgres backends"] * 1e6 / len(messages),
             )
+            after = await admin.fetchrow(_CHECKPOINTS)
+            assert before is not None
+            assert after is not None
+            sample.checkpoint_age = float(before["age"])
+            sample.checkpoints = int(after["n"] - before["n"])
             if stats:
+                wal = await admin.fetchrow(_WAL, database)
+                assert wal is not None
+                sample.wal_fpi = float(wal["fpi"]) / len(messages)
+                sample.wal_kb = float(wal["bytes"]) / 1000 / len(messages)
                 for row in await admin.fetch(_STATEMENTS, database):
                     text = " ".join(row["query"].split())[:90]
                     sample.statements[text] = (
@@ -131,14 +167,31 @@ async def measure_drain(
         await cleanup_broker(amqp_url, topology)
 
 
-async def fresh_empty(server: str) -> None:
+async def fresh_empty(server: str, name: str) -> None:
+    """Create and migrate an empty database; no DROP here (it would force a checkpoint)."""
     admin = await asyncpg.connect(_url(server, "postgres"))
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {EMPTY} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {EMPTY}")
+        await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    await migrate(_url(server, EMPTY))
+    await migrate(_url(server, name))
+
+
+async def drop_empties(server: str) -> None:
+    """Drop every ``EMPTY``… database (each DROP forces a checkpoint: between runs only)."""
+    admin = await asyncpg.connect(_url(server, "postgres"))
+    try:
+        for name in await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"{EMPTY}%"
+        ):
+            await admin.execute(f"DROP DATABASE IF EXISTS {name['datname']} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+async def checkpoint(server: str) -> None:
+    async with _connected(_url(server, "postgres")) as admin:
+        await admin.execute("CHECKPOINT")
 
 
 async def print_sizes(conn: asyncpg.Connection[Any]) -> None:
@@ -162,17 +215,29 @@ def _median(samples: list[Sample], key: str) -> float:
 def report_drains(size: int, empty: list[Sample], grown: list[Sample]) -> list[str]:
     """Print one step's drain figures; return its summary rows."""
     rows = []
-    for key, label in (
-        ("rate", "callbacks/s"),
-        ("worker_us", "worker CPU us/callback"),
-        ("backend_us", "Postgres backend CPU us/callback"),
+    for key, label, fmt in (
+        ("rate", "callbacks/s", "{:,.0f}"),
+        ("worker_us", "worker CPU us/callback", "{:,.0f}"),
+        ("backend_us", "Postgres backend CPU us/callback", "{:,.0f}"),
+        ("wal_fpi", "WAL full-page images/callback", "{:.2f}"),
+        ("wal_kb", "WAL kB/callback", "{:.1f}"),
     ):
-        pairs = [getattr(g, key) / getattr(e, key) for g, e in zip(grown, empty, strict=False)]
+        pairs = [
+            getattr(g, key) / getattr(e, key)
+            for g, e in zip(grown, empty, strict=False)
+            if getattr(e, key)
+        ]
+        base = _median(empty, key)
         rows.append(
-            f"  {size:>10,} | drain {label:<33} | empty {spread([getattr(s, key) for s in empty])}"
-            f" | filled {spread([getattr(s, key) for s in grown])}"
-            f" | ratio of medians {_median(grown, key) / _median(empty, key):.2f}"
-            f" (pairs {spread(pairs, '{:.2f}')})"
+            f"  {size:>10,} | drain {label:<33}"
+            f" | empty {spread([getattr(s, key) for s in empty], fmt)}"
+            f" | filled {spread([getattr(s, key) for s in grown], fmt)}"
+            + (
+                f" | ratio of medians {_median(grown, key) / base:.2f}"
+                f" (pairs {spread(pairs, '{:.2f}')})"
+                if base
+                else ""
+            )
         )
     if grown and grown[-1].statements:
         print(f"  statements at {size:,}, last pair (us per callback, shared-buffer misses):")
@@ -243,7 +308,14 @@ async def main(args: argparse.Namespace) -> int:
     if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", grown_name):
         await admin.execute(f"CREATE DATABASE {grown_name}")
     buffers = await admin.fetchval("SHOW shared_buffers")
+    wal_settings = ", ".join(
+        [
+            f"{name} {await admin.fetchval(f'SHOW {name}')}"
+            for name in ("checkpoint_timeout", "max_wal_size", "wal_compression")
+        ]
+    )
     await admin.close()
+    await drop_empties(server)
     await migrate(_url(server, grown_name))
     conn = await asyncpg.connect(_url(server, grown_name))
     stats = await _statements_on(conn)
@@ -251,7 +323,8 @@ async def main(args: argparse.Namespace) -> int:
         f"ledger growth: steps {', '.join(f'{s:,}' for s in steps)} payments; drains of"
         f" {args.count:,} callbacks ({args.per_message} per message) x {args.repeat} pairs;"
         f" e2e {f'{args.e2e_rate:g}/s x {args.e2e_seconds:g} s' if args.e2e_rate else 'off'};"
-        f" shared_buffers {buffers}; pg_stat_statements {'on' if stats else 'off'};"
+        f" shared_buffers {buffers}, {wal_settings}; checkpoint {args.checkpoint};"
+        f" pg_stat_statements {'on' if stats else 'off'};"
         f" {os.cpu_count()} cores",
         flush=True,
     )
@@ -267,28 +340,44 @@ async def main(args: argparse.Namespace) -> int:
             await print_sizes(conn)
             empty: list[Sample] = []
             grown: list[Sample] = []
+            since = 0  # callbacks drained into the filled database since the last checkpoint
             for rep in range(args.repeat):
-                for target in (EMPTY, grown_name) if rep % 2 == 0 else (grown_name, EMPTY):
-                    if target == EMPTY:
-                        await fresh_empty(server)
-                        if stats:
-                            async with _connected(_url(server, EMPTY)) as c:
-                                await _statements_on(c)
+                empty_name = f"{EMPTY}_{rep}"
+                await fresh_empty(server, empty_name)
+                if stats:
+                    async with _connected(_url(server, empty_name)) as c:
+                        await _statements_on(c)
+                if args.checkpoint == "pair" or (args.checkpoint == "start" and rep == 0):
+                    await checkpoint(server)
+                    since = 0
+                for target in (
+                    (empty_name, grown_name) if rep % 2 == 0 else (grown_name, empty_name)
+                ):
+                    if args.checkpoint == "drain":
+                        await checkpoint(server)
+                        since = 0
                     sample = await measure_drain(server, amqp_url, target, args, stats)
                     if sample is None:
                         return 1
-                    (empty if target == EMPTY else grown).append(sample)
+                    is_empty = target == empty_name
+                    (empty if is_empty else grown).append(sample)
                     print(
-                        f"  drain on {'empty' if target == EMPTY else f'{size:,}'}:"
+                        f"  drain on {'empty' if is_empty else f'{size:,}'}:"
                         f" {sample.rate:,.0f} callbacks/s, worker {sample.worker_us:.0f} us,"
-                        f" Postgres {sample.backend_us:.0f} us per callback",
+                        f" Postgres {sample.backend_us:.0f} us per callback;"
+                        f" WAL {sample.wal_kb:.1f} kB, {sample.wal_fpi:.2f} full pages per"
+                        f" callback; last checkpoint {sample.checkpoint_age:.0f} s before"
+                        f"{'' if is_empty else f' (after {since:,} callbacks)'},"
+                        f" {sample.checkpoints} during",
                         flush=True,
                     )
+                    if not is_empty:
+                        since = args.count if sample.checkpoints else since + args.count
             summary += report_drains(size, empty, grown)
             if args.e2e_rate:
                 summary += await e2e_pairs(server, amqp_url, grown_name, size, args, Path(tmp))
+        await drop_empties(server)
         admin = await asyncpg.connect(_url(server, "postgres"))
-        await admin.execute(f"DROP DATABASE IF EXISTS {EMPTY} WITH (FORCE)")
         await conn.close()
         if args.drop:
             await admin.execute(f"DROP DATABASE IF EXISTS {grown_name} WITH (FORCE)")
@@ -327,6 +416,13 @@ def cli() -> int:
     parser.add_argument("--real-bodies", action="store_true", help="see growth_fill.fill_to")
     parser.add_argument("--fresh", action="store_true", help="drop the filled database first")
     parser.add_argument("--drop", action="store_true", help="drop the filled database at the end")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("none", "start", "pair", "drain"),
+        default="none",
+        help="issue CHECKPOINT: never (the server's own only), once first, before each pair or"
+        " each drain",
+    )
     args = parser.parse_args()
     if not 1000 <= args.count <= 200_000 or max(int(s) for s in args.steps.split(",")) > 10**7:
         raise SystemExit("--count 1,000..200,000 and steps up to 10,000,000: keep it bounded")
