@@ -12,8 +12,7 @@ all their frames as one group: one write, whatever N is.
 It relies on aiormq's channel bookkeeping (``delivery_tag``, ``confirmations``,
 ``message_id_delivery_tag``, ``write_queue``), as ``basic_publish`` in aiormq 7.2 does;
 tests/runtime/test_publish_many.py checks confirms and their order, a mandatory return and a
-closed channel
-against a real broker, so an aiormq upgrade that changes them fails there first.
+closed channel against a real broker, so an aiormq upgrade that changes them fails there first.
 """
 
 from __future__ import annotations
