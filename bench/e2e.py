@@ -69,12 +69,15 @@ import broker_counts
 import orjson
 from aiohttp import web
 from ingress_ceiling import (
+    Sched,
     broker_ceiling,
     by_module,
     callback_message_size,
     cpu_of,
     loopback,
+    machine_cpu,
     rss_of,
+    sched_of,
     spread,
     start_py_spy,
 )
@@ -393,6 +396,8 @@ class Snapshot:
     at: float
     cpu: dict[str, float]
     rss: dict[str, float]
+    sched: dict[str, Sched] = field(default_factory=dict)
+    machine: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -407,10 +412,12 @@ class Processes:
     async def snapshot(self, conn: asyncpg.Connection[Any] | None) -> Snapshot:
         cpu = {name: cpu_of(pid) for name, pid in self.named.items()}
         rss = {name: rss_of(pid) for name, pid in self.named.items()}
+        sched = {name: sched_of(pid) for name, pid in self.named.items()}
         if self.rabbitmq is not None:
             pids = [self.rabbitmq, *_children(self.rabbitmq)]
             cpu["rabbitmq"] = sum(cpu_of(p) for p in pids)
             rss["rabbitmq"] = sum(rss_of(p) for p in pids)
+            sched["rabbitmq"] = sum((sched_of(p) for p in pids), Sched())
         if self.postmaster is not None:
             roles: dict[int, str] = {}
             if conn is not None:
@@ -424,8 +431,35 @@ class Processes:
             for pid in pids:
                 name = roles.get(pid, "postgres:server")
                 cpu[name] = cpu.get(name, 0.0) + cpu_of(pid)
+                sched[name] = sched.get(name, Sched()) + sched_of(pid)
             rss["postgres"] = sum(rss_of(p) for p in pids)
-        return Snapshot(time.time(), cpu, rss)
+        return Snapshot(time.time(), cpu, rss, sched, machine_cpu())
+
+
+def _scheduler_line(before: Snapshot, at_end: Snapshot) -> str:
+    """While sending, per second: how long each process waited, runnable, for a CPU, and its
+    context switches (voluntary: it had nothing to do and blocked; involuntary: preempted with
+    work left). Waiting summed over processes is the mean number of them queued for a CPU."""
+    seconds = max(at_end.at - before.at, 1e-9)
+    delta = {k: at_end.sched[k] - before.sched.get(k, Sched()) for k in at_end.sched}
+    busy = sorted(
+        (k for k in delta if delta[k].run_s >= 0.05 * seconds), key=lambda k: -delta[k].wait_s
+    )
+    queued = sum(d.wait_s for d in delta.values()) / seconds
+    machine = ", ".join(
+        f"{state} {(at_end.machine.get(state, 0.0) - before.machine.get(state, 0.0)) / seconds:.2f}"
+        for state in ("user", "system", "idle", "steal")
+    )
+    return (
+        f"    scheduler while sending: machine cores {machine};"
+        f" {queued:.2f} processes waiting for a CPU on average;"
+        " per process, s waited per s (context switches/s voluntary/involuntary): "
+        + "; ".join(
+            f"{k} {delta[k].wait_s / seconds:.2f}"
+            f" ({delta[k].voluntary / seconds:.0f}/{delta[k].involuntary / seconds:.0f})"
+            for k in busy
+        )
+    )
 
 
 def _spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
@@ -930,6 +964,7 @@ async def run_once(
         )
         + f"; busiest sender {sender_cpu / max(elapsed, 1e-9):.2f} cores"
     )
+    print(_scheduler_line(before, at_end))
     print(
         "    RSS MiB start->end: "
         + ", ".join(

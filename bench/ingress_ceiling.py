@@ -77,6 +77,74 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+@dataclass(frozen=True)
+class Sched:
+    """What the scheduler says of a process, summed over its threads (``/proc/<pid>/task``):
+    seconds on a CPU, seconds runnable but waiting for one, and context switches (voluntary:
+    it blocked, e.g. waited for I/O; involuntary: it was preempted while it still had work)."""
+
+    run_s: float = 0.0
+    wait_s: float = 0.0
+    voluntary: int = 0
+    involuntary: int = 0
+
+    def __add__(self, other: Sched) -> Sched:
+        return Sched(
+            self.run_s + other.run_s,
+            self.wait_s + other.wait_s,
+            self.voluntary + other.voluntary,
+            self.involuntary + other.involuntary,
+        )
+
+    def __sub__(self, other: Sched) -> Sched:
+        return Sched(
+            self.run_s - other.run_s,
+            self.wait_s - other.wait_s,
+            self.voluntary - other.voluntary,
+            self.involuntary - other.involuntary,
+        )
+
+
+def sched_of(pid: int) -> Sched:
+    """``Sched`` of ``pid`` now (all zero once it is gone)."""
+    total = Sched()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return total
+    for task in tasks:
+        try:
+            run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+            status = (task / "status").read_text().splitlines()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        switches = {
+            key: int(value)
+            for key, _, value in (line.partition(":\t") for line in status)
+            if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+        }
+        total += Sched(
+            int(run_ns) / 1e9,
+            int(wait_ns) / 1e9,
+            switches.get("voluntary_ctxt_switches", 0),
+            switches.get("nonvoluntary_ctxt_switches", 0),
+        )
+    return total
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds of the whole machine by state since boot (``/proc/stat``): user (incl.
+    nice), system (incl. interrupts), idle (incl. I/O wait) and steal (taken by the host)."""
+    fields = [int(v) / _TICK for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    return {
+        "user": user + nice,
+        "system": system + irq + softirq,
+        "idle": idle + iowait,
+        "steal": steal,
+    }
+
+
 def rss_of(pid: int) -> float:
     """Resident set size of ``pid`` in MiB (0 once it is gone)."""
     try:

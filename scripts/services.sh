@@ -21,6 +21,8 @@
 #   PAYHOOK_RABBITMQ_PROMETHEUS=1  also run the shipped plugins (rabbitmq_prometheus on
 #                         127.0.0.1, PAYHOOK_RABBITMQ_PROMETHEUS_PORT, default AMQP port + 20)
 #   PAYHOOK_RABBITMQ_EXTRA_CONF  more rabbitmq.conf lines for the private node(s)
+#   PAYHOOK_RABBITMQ_ERL_ARGS    more Erlang VM flags for them (e.g. "+sbwt none" to measure
+#                         scheduler busy-waiting; docs/operations.md says what it changed)
 #   PAYHOOK_CLUSTER_AMQP_PORT    default 25772: the cluster's first node (see below)
 #   PAYHOOK_CLUSTER_PROMETHEUS=1 rabbitmq_prometheus on the cluster nodes too
 #
@@ -341,7 +343,7 @@ rmq_env() {
     export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_NODE_PORT="$MQ_PORT"
     export RABBITMQ_DIST_PORT="$DIST_PORT"
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} ${PAYHOOK_RABBITMQ_ERL_ARGS:-}"
     export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
     export RABBITMQ_CTL_DIST_PORT_MIN=$((MQ_PORT + 2)) RABBITMQ_CTL_DIST_PORT_MAX=$((MQ_PORT + 12))
 }
@@ -587,7 +589,7 @@ cl_env() { # i: the environment of node i and of CLI calls to it
     export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_NODE_PORT="$amqp"
     export RABBITMQ_DIST_PORT=$((amqp + 1))
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} ${PAYHOOK_RABBITMQ_ERL_ARGS:-}"
     export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
     export RABBITMQ_CTL_DIST_PORT_MIN=$((CL_PORT + 30)) RABBITMQ_CTL_DIST_PORT_MAX=$((CL_PORT + 39))
 }
