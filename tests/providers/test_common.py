@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ingress.providers._common import (
+    MAX_FIELDS,
+    _form_fields,
     amount_and_currency,
     amount_field,
     decimal_text,
@@ -18,6 +21,7 @@ from ingress.providers._common import (
     load_json,
     major_amount,
     minor_amount,
+    parse_form,
     plain_length,
     text_field,
 )
@@ -129,3 +133,46 @@ def test_load_json_keeps_surrogate_pairs_and_escapes() -> None:
         "a": "\U0001f600",
         "b": "\u00e9\\ud800",  # an escaped backslash, not an escape
     }
+
+
+# --- form parsing: the same fields as urllib's parse_qsl ----------------------------------------
+
+_FORM_ALPHABET = st.sampled_from([*"ab=&+%;2B3dFfGz0 é\u2603", "%C3%A9", "%e2%98%83", "%FF", "%"])
+
+
+def _parse_qsl_fields(text: str) -> dict[str, str] | type[ValueError]:
+    try:
+        return dict(
+            parse_qsl(
+                text,
+                keep_blank_values=True,
+                encoding="utf-8",
+                errors="strict",
+                max_num_fields=MAX_FIELDS,
+            )
+        )
+    except ValueError:
+        return ValueError
+
+
+@given(st.lists(_FORM_ALPHABET, max_size=40).map("".join))
+@example("a=1&a=2&b")  # the last duplicate wins; a bare name is a blank value
+@example("&&=x&y=&%41%2B+b=c+%2B")  # empty pairs, an empty name, %-escapes after "+"
+@example("bad=%C3")  # a truncated UTF-8 escape is a ValueError, as in parse_qsl
+def test_form_fields_are_what_parse_qsl_reads(text: str) -> None:
+    try:
+        ours: dict[str, str] | type[ValueError] = _form_fields(text)
+    except ValueError:
+        ours = ValueError
+    assert ours == _parse_qsl_fields(text)
+
+
+def test_the_field_limit_is_parse_qsls() -> None:
+    at_limit = "&".join(f"f{i}=v" for i in range(MAX_FIELDS))
+    reference = _parse_qsl_fields(at_limit)
+    assert isinstance(reference, dict)
+    assert len(_form_fields(at_limit)) == MAX_FIELDS == len(reference)
+    with pytest.raises(Rejected) as refused:
+        parse_form(at_limit + "&one=more")
+    assert refused.value.status == 400
+    assert refused.value.reason == "query is malformed"
