@@ -740,6 +740,13 @@ async def run_once(
         roles = [("payhook-run", ["run", "--no-migrate"])]
     elif layout == "ingress":  # a diagnosis: the edge alone, the broker just stores
         roles = [("ingress-1", ["ingress"]), ("ingress-2", ["ingress"])]
+    elif layout == "workers":  # split, but the three workers share one process
+        roles = [
+            ("ingress-1", ["ingress"]),
+            ("ingress-2", ["ingress"]),
+            ("workers", ["run", "--no-migrate", "--roles", "worker.ledger,relay,worker.webhooks"]),
+            ("admin", ["admin"]),
+        ]
     else:
         roles = [
             ("ingress-1", ["ingress"]),
@@ -1117,8 +1124,11 @@ async def main(args: argparse.Namespace) -> int:
     amqp_url = loopback(os.environ.get("PAYHOOK_AMQP_URL", "amqp://guest:guest@127.0.0.1:25672/"))
     rates = [float(r) for r in args.rates.split(",")]
     layouts = args.layouts.split(",")
-    if not all(layout in ("single", "split", "ingress") for layout in layouts):
-        raise SystemExit("--layouts: single, split (or ingress: the edge alone), comma-separated")
+    if not all(layout in ("single", "split", "workers", "ingress") for layout in layouts):
+        raise SystemExit(
+            "--layouts: single, split, workers (split with the ledger, relay and webhook"
+            " workers in one process) or ingress (the edge alone), comma-separated"
+        )
     # 15 minutes at most: long enough for the memory-flatness run (--rss-every), still bounded.
     if not 1 <= args.seconds <= 900 or any(not 1 <= r <= 20000 for r in rates):
         raise SystemExit("--seconds 1..900 and rates 1..20000/s: keep runs bounded")

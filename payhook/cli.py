@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run every role in one process")
     run.add_argument("--no-migrate", action="store_true", help="skip applying migrations")
+    run.add_argument(
+        "--roles",
+        type=_role_list,
+        default=list(ROLES),
+        metavar="ROLE,...",
+        help=f"only these roles, in one process (of: {', '.join(ROLES)}; default: all)",
+    )
     run.set_defaults(handler=_run_all)
 
     for role in ("ingress", "relay", "admin"):
@@ -122,10 +129,20 @@ async def _migrate_when_ready(ctx: RoleContext) -> None:
     log.info("payhook.migrated", applied=applied)
 
 
+def _role_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ROLES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown role(s) {', '.join(unknown) or '(none given)'}; roles: {', '.join(ROLES)}"
+        )
+    return list(dict.fromkeys(names))  # each once, in the order given
+
+
 async def _run_all(args: argparse.Namespace, settings: Settings, load: ConfigLoader) -> int:
     config = load()
     prepare = None if args.no_migrate else _migrate_when_ready
-    return await serve(resolve(list(ROLES)), settings, config, prepare=prepare)
+    return await serve(resolve(args.roles), settings, config, prepare=prepare)
 
 
 def _run_one(role: str) -> Handler:
