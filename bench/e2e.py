@@ -84,10 +84,10 @@ from ingress_ceiling import (
 from ingress_load import PAYHOOK, REPO, _fresh_database, _percentile, _wait_http
 from memory import RssSeries, sample_rss
 
-from contracts.config import load_config
 from contracts.topology import Topology
 from ingress.providers import PROVIDERS
 from ingress.providers.base import SimulatedPayment
+from payhook.config_files import load_config
 
 DATABASE = "payhook_bench_e2e"
 SECRETS = REPO / "deploy" / "dev-secrets"

@@ -48,11 +48,12 @@ import aio_pika
 from ingress_load import PAYHOOK, REPO, _load_wrk, _percentile, _queue_depth, _wait_http
 
 from contracts.callbacks import encode_callback
-from contracts.config import Config, load_config
+from contracts.config import Config
 from contracts.topology import Topology
 from ingress.providers import PROVIDERS
 from ingress.providers.base import SimulatedPayment, SimulatedRequest
 from ingress.simulator import to_raw_request
+from payhook.config_files import load_config
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -35,10 +35,10 @@ import aio_pika
 import aiohttp
 import asyncpg
 
-from contracts.config import load_config
 from contracts.topology import Topology
 from ingress.providers import PROVIDERS
 from ingress.providers.base import SimulatedPayment, SimulatedRequest
+from payhook.config_files import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAYHOOK = str(Path(sys.executable).with_name("payhook"))

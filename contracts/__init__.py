@@ -12,7 +12,7 @@ from contracts.callbacks import (
     decode_callback,
     encode_callback,
 )
-from contracts.config import Config, Merchant, ProviderAccount, Secret, Settings, load_config
+from contracts.config import Config, Merchant, ProviderAccount, Secret, Settings
 from contracts.errors import ConfigError, ContractError, DecodeError, InvalidAmount, UnknownCurrency
 from contracts.events import (
     EVENT_TYPES,
@@ -59,7 +59,6 @@ __all__ = [
     "event_type",
     "exponent_of",
     "format_major",
-    "load_config",
     "major_to_minor",
     "parse_minor",
     "routing_key",

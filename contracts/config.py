@@ -2,7 +2,9 @@
 
 Parsed once in ``main()`` and passed down as frozen objects. Secrets are referenced, never
 written inline: ``"env:NAME"`` reads an environment variable, ``"file:PATH"`` a file (relative
-paths are relative to the config file). A list of references is a rotation: every listed
+paths are relative to the config file). This module only parses: the environment, the TOML
+file and the secret files are read by the caller (``payhook.config_files``) and handed in, so
+``contracts`` does no I/O. A list of references is a rotation: every listed
 secret is valid, the first one is used for signing. ``Secret`` masks itself in ``repr`` so a
 logged config never leaks one.
 
@@ -22,11 +24,10 @@ logged config never leaks one.
 from __future__ import annotations
 
 import ipaddress
-import os
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from contracts.errors import ConfigError
@@ -36,11 +37,15 @@ __all__ = [
     "Config",
     "Merchant",
     "ProviderAccount",
+    "ReadFile",
     "Secret",
     "Settings",
-    "load_config",
     "parse_config",
 ]
+
+# Reads the secret file at a path (``file:`` references), raising ``OSError`` if it cannot.
+ReadFile = Callable[[Path], str]
+_NO_ENVIRONMENT: Mapping[str, str] = MappingProxyType({})
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -114,8 +119,8 @@ class Settings:
     shutdown_grace_s: float = 10.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Settings from ``PAYHOOK_*`` variables of ``env`` (``os.environ`` in a process)."""
         defaults = cls()
         values: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
@@ -253,27 +258,17 @@ class Config:
         return self.merchants.get(acc.merchant)
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return parse_config(data, base_dir=path.parent, environ=environ)
-
-
 def parse_config(
     data: Mapping[str, Any],
     *,
     base_dir: Path | None = None,
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] = _NO_ENVIRONMENT,
+    read_file: ReadFile | None = None,
 ) -> Config:
-    env = os.environ if environ is None else environ
-    base = base_dir or Path.cwd()
+    """The ``Config`` that ``data`` (a parsed TOML document) describes. ``env:`` secrets come
+    from ``environ``, ``file:`` ones through ``read_file`` (relative paths under ``base_dir``);
+    a ``file:`` reference with no ``read_file`` is a ``ConfigError``."""
+    env, base = environ, _Files(base_dir, read_file)
 
     merchants: dict[str, Merchant] = {}
     for merchant_id, table in dict(data.get("merchants", {})).items():
@@ -346,7 +341,7 @@ def _auto_bool(value: Any, where: str) -> bool | None:
         return value
     if value == "auto":
         return None
-    raise ConfigError(f"{where} must be true, false or \"auto\"")
+    raise ConfigError(f'{where} must be true, false or "auto"')
 
 
 def _is_secret_ref(value: Any) -> bool:
@@ -357,8 +352,16 @@ def _is_secret_ref(value: Any) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class _Files:
+    """Where ``file:`` references are read from, and how."""
+
+    base_dir: Path | None
+    read: ReadFile | None
+
+
 def resolve_secrets(
-    refs: str | Sequence[str], where: str, base: Path, env: Mapping[str, str]
+    refs: str | Sequence[str], where: str, files: _Files, env: Mapping[str, str]
 ) -> tuple[Secret, ...]:
     items = [refs] if isinstance(refs, str) else list(refs)
     out: list[Secret] = []
@@ -372,9 +375,12 @@ def resolve_secrets(
             out.append(Secret(env[name]))
         elif ref.startswith("file:"):
             file = Path(ref[5:])
-            file = file if file.is_absolute() else base / file
+            if not file.is_absolute() and files.base_dir is not None:
+                file = files.base_dir / file
+            if files.read is None:
+                raise ConfigError(f"{where}: {ref!r} names a file, and no reader was given")
             try:
-                out.append(Secret(file.read_text(encoding="utf-8").strip()))
+                out.append(Secret(files.read(file).strip()))
             except OSError as exc:
                 raise ConfigError(f"{where}: cannot read {file}: {exc.strerror}") from None
         else:

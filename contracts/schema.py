@@ -1,7 +1,7 @@
 """JSON Schema (draft 2020-12) for every event type, so consumers in any language can validate.
 
 The files under ``contracts/schemas/`` are generated from ``event_schema`` by
-``python -m contracts.schema`` (a test fails if they drift).
+``python -m payhook.schema_files`` (a test fails if they drift).
 """
 
 from __future__ import annotations
@@ -114,19 +114,3 @@ def event_schema(event_type: str) -> dict[str, Any]:
             "data": data,
         },
     }
-
-
-def _write_all() -> None:
-    import pathlib
-
-    import orjson
-
-    folder = pathlib.Path(__file__).parent / "schemas"
-    folder.mkdir(exist_ok=True)
-    for event_type in EVENT_TYPES:
-        path = folder / schema_filename(event_type)
-        path.write_bytes(orjson.dumps(event_schema(event_type), option=orjson.OPT_INDENT_2) + b"\n")
-
-
-if __name__ == "__main__":
-    _write_all()

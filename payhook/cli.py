@@ -29,9 +29,10 @@ from typing import Any
 
 import structlog
 
-from contracts.config import Config, Settings, load_config
+from contracts.config import Config, Settings
 from contracts.errors import ConfigError
 from payhook.commands import ConfigLoader, Handler
+from payhook.config_files import load_config, settings_from_environment
 from payhook.logging import configure_logging
 from payhook.roles import ROLES, resolve
 from runtime import database
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = settings_from_environment()
         if args.config:
             settings = _with_config_path(settings, args.config)
     except ConfigError as exc:

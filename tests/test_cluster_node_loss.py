@@ -34,9 +34,7 @@ pytestmark = [
 
 # Short, but the kill comes while retries wait in the delay queues (first attempts fail
 # from the start, the retry step is 10 s), and the load runs on until after the rejoin.
-PLAN = NodeLossPlan(
-    rate=60, load_s=30, kill_at_s=12, down_s=5, after_rejoin_s=5, max_extra_s=150
-)
+PLAN = NodeLossPlan(rate=60, load_s=30, kill_at_s=12, down_s=5, after_rejoin_s=5, max_extra_s=150)
 
 
 async def test_payhook_rides_out_the_loss_of_the_node_leading_its_queues(tmp_path: Path) -> None:

@@ -260,9 +260,7 @@ async def judge(
         )
         begun = timeline.restarting or timeline.rejoined
         report.failed_during_rejoin = sum(
-            1
-            for a in load.answers
-            if not a.acked and begun <= a.answered <= timeline.rejoined + 5
+            1 for a in load.answers if not a.acked and begun <= a.answered <= timeline.rejoined + 5
         )
         if not report.acks_after_rejoin:
             problems.append("no callback acknowledged after the rejoin: the load ended first")

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 
-from contracts.config import Config, load_config
+from contracts.config import Config
 from contracts.topology import Topology
+from payhook.config_files import load_config
 from tests.servers import SERVICES, wait_for_amqp
 from tests.servers import amqp_server_url as amqp_server_url
 from tests.servers import database_server_url as database_server_url

@@ -127,7 +127,7 @@ def test_event_is_a_cloudevent_with_stable_id_and_routing_key() -> None:
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_schema_files_are_generated_from_the_code(event_type: str) -> None:
     on_disk = orjson.loads((SCHEMAS / schema_filename(event_type)).read_bytes())
-    assert on_disk == event_schema(event_type), "run: python -m contracts.schema"
+    assert on_disk == event_schema(event_type), "run: python -m payhook.schema_files"
 
 
 @given(

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.config import Settings, load_config, parse_config
+from contracts.config import Settings, parse_config
 from contracts.errors import ConfigError
+from payhook.config_files import load_config
 
 SAMPLE = """
 [webhooks]
@@ -120,3 +121,20 @@ def test_the_overdue_sweeper_settings_parse_and_refuse_nonsense() -> None:
         Settings.from_env({"PAYHOOK_WEBHOOK_OVERDUE_S": "-1"})
     with pytest.raises(ConfigError, match="PAYHOOK_WEBHOOK_SWEEP_INTERVAL_S"):
         Settings.from_env({"PAYHOOK_WEBHOOK_SWEEP_INTERVAL_S": "0"})
+
+
+def test_file_secrets_come_through_the_reader_only(tmp_path: Path) -> None:
+    """contracts reads no file itself: a ``file:`` secret is read by the reader it is handed,
+    relative to ``base_dir``; without a reader, the reference is refused by name."""
+    data = {"merchants": {"m": {"webhook_url": "http://x", "secrets": ["file:keys/m.secret"]}}}
+    asked: list[Path] = []
+
+    def reader(path: Path) -> str:
+        asked.append(path)
+        return "s3cret\n"
+
+    config = parse_config(data, base_dir=tmp_path, read_file=reader)
+    assert asked == [tmp_path / "keys" / "m.secret"]
+    assert [s.reveal() for s in config.merchants["m"].secrets] == ["s3cret"]
+    with pytest.raises(ConfigError, match=r"merchants\.m\.secrets: 'file:keys/m.secret' names"):
+        parse_config(data, base_dir=tmp_path)

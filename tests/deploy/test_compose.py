@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 
-from contracts.config import load_config, parse_config
+from contracts.config import parse_config
+from payhook.config_files import load_config, read_secret_file
 
 from .helpers import COMPOSE, DEPLOY, RABBITMQ_CONF_DIR, ROLES, load_yaml
 
@@ -107,7 +108,7 @@ def test_config_and_secrets_load_as_the_containers_see_them(tmp_path: Path) -> N
     for name, source in secrets.items():
         (tmp_path / name).write_bytes(source.read_bytes())
     data = tomllib.loads(toml.replace(f"file:{SECRETS_DIR}/", f"file:{tmp_path}/"))
-    config = parse_config(data, base_dir=tmp_path, environ={})
+    config = parse_config(data, base_dir=tmp_path, environ={}, read_file=read_secret_file)
 
     # Webhooks go to the sample merchant service, on the port it listens on.
     [merchant] = config.merchants.values()

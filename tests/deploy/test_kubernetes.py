@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 
 from contracts.config import Settings, parse_config
+from payhook.config_files import read_secret_file
 
 from .helpers import K8S, RABBITMQ_CONF_DIR, ROLES, rabbitmq_conf
 from .kustomize import build, real_kustomize, render
@@ -234,7 +235,7 @@ def test_config_and_secrets_load_as_payhook_would(tmp_path: Path) -> None:
     for key, value in secret["data"].items():
         (tmp_path / key).write_bytes(base64.b64decode(value))
     data = tomllib.loads(toml.replace(f"file:{SECRETS_DIR}/", f"file:{tmp_path}/"))
-    config = parse_config(data, base_dir=tmp_path, environ={})
+    config = parse_config(data, base_dir=tmp_path, environ={}, read_file=read_secret_file)
     assert config.accounts
     assert config.merchants
     assert config.admin_tokens

@@ -10,6 +10,7 @@ from contracts.config import ProviderAccount, parse_config
 from ingress.providers import PROVIDERS
 from ingress.providers.base import Accepted, Rejected, SimulatedPayment, SimulatedRequest
 from ingress.simulator import to_raw_request
+from payhook.config_files import read_secret_file
 
 RECEIVED_AT = "2025-01-01T00:00:00.000000Z"
 
@@ -38,7 +39,9 @@ def account(provider: str, name: str = "main", **table: Any) -> ProviderAccount:
     """An account as the config loader builds it; keyword options override the defaults."""
     merged = {**DEFAULT_TABLES[provider], **table}
     merged = {k: v for k, v in merged.items() if v is not None}
-    config = parse_config({"providers": {provider: {name: merged}}}, environ=ENV)
+    config = parse_config(
+        {"providers": {provider: {name: merged}}}, environ=ENV, read_file=read_secret_file
+    )
     acc = config.account(provider, name)
     assert acc is not None
     PROVIDERS[provider].check_account(acc)

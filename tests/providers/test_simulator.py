@@ -13,11 +13,12 @@ import pytest
 from aiohttp import web
 
 from contracts.callbacks import RawRequest
-from contracts.config import ProviderAccount, Settings, load_config
+from contracts.config import ProviderAccount, Settings
 from ingress.providers import PROVIDERS
 from ingress.providers.base import Rejected
 from ingress.simulate_command import default_url, register
 from ingress.simulator import is_ack, simulate_and_send
+from payhook.config_files import load_config
 
 from .helpers import ENV, RECEIVED_AT, account, payment
 
