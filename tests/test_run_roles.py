@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tests.test_run_command import _free_port
+from tests.test_run_command import _free_port, _wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 PAYHOOK = str(Path(sys.executable).with_name("payhook"))
@@ -56,15 +56,8 @@ async def test_only_the_named_roles_run(database_url: str, amqp_url: str, namesp
                     starting = event
         assert starting["roles"] == ["ingress", "relay"]
         # The ingress of this process answers; no admin was started on its port.
-        async with aiohttp.ClientSession() as http, asyncio.timeout(60):
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{listen}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
+        await _wait_ready(f"http://127.0.0.1:{listen}/healthz", proc, 60)
+        async with aiohttp.ClientSession() as http:
             admin_port = int(env["PAYHOOK_ADMIN_PORT"])
             try:
                 async with http.get(f"http://127.0.0.1:{admin_port}/") as resp:
