@@ -2,11 +2,12 @@
 
 Parsed once in ``main()`` and passed down as frozen objects. Secrets are referenced, never
 written inline: ``"env:NAME"`` reads an environment variable, ``"file:PATH"`` a file (relative
-paths are relative to the config file). This module only parses: the environment, the TOML
-file and the secret files are read by the caller (``payhook.config_files``) and handed in, so
-``contracts`` does no I/O. A list of references is a rotation: every listed
+paths are relative to the config file). A list of references is a rotation: every listed
 secret is valid, the first one is used for signing. ``Secret`` masks itself in ``repr`` so a
 logged config never leaks one.
+
+This module only parses: the caller (``payhook.config_files``) reads the TOML file, the
+environment and the secret files and hands them in, so ``contracts`` does no I/O.
 
     [webhooks]
     schedule = [0, 3600, 10800, 86400]    # seconds: now, +1 h, +3 h, +24 h (Paysera's)
