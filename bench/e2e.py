@@ -5,8 +5,9 @@ For each ``--rates`` value and ``--layouts`` entry this starts, from scratch:
 - payhook: ``single`` is one ``payhook run`` process; ``split`` is ``payhook ingress`` x2 on one
   port (``PAYHOOK_LISTEN_REUSE_PORT``), ``payhook worker ledger``, ``payhook relay``, ``payhook
   worker webhooks`` and ``payhook admin``, each with its own ``PAYHOOK_HEALTH_PORT``, started
-  once every ``/readyz`` answers 200. Its own database (``payhook_bench_e2e``, recreated and
-  migrated) and broker namespace (deleted afterwards).
+  once every ``/readyz`` answers 200; ``workers`` is ``split`` with the ledger, relay and
+  webhook workers in one ``payhook run --roles …`` process. Its own database
+  (``payhook_bench_e2e``, recreated and migrated) and broker namespace (deleted afterwards).
 - a merchant (its own process: HTTP/1.1 on httptools and uvloop) that answers 200 at once and
   records the arrival time of every webhook with its ``webhook-id`` and the callback's
   transaction id;
@@ -23,11 +24,12 @@ Per run it prints the achieved send rate, acked/sent, ack p50/p99 (from the mome
 was written), callback → webhook p50/p99/max (send time matched by transaction id), webhooks
 received vs. expected (the events the ledger wrote) and duplicates, the backlog when sending
 ended (queue depths by a passive declare on a fresh channel, unpublished outbox rows) and the
-time to drain it, CPU seconds (``/proc/<pid>/stat``) and RSS per process (payhook roles,
-Postgres backends by role, RabbitMQ, merchant, senders). RabbitMQ's confirmed-publish ceiling
-is measured at the start of every repetition as the reference; rates are also given as a
-ratio of it. With ``pg_stat_statements`` preloaded on the server (``shared_preload_libraries``)
-it also counts the SQL statements per delivered webhook.
+time to drain it, CPU seconds (``/proc/<pid>/stat``), what the scheduler saw (processes
+waiting for a CPU, context switches, the machine's idle and steal time) and RSS per process
+(payhook roles, Postgres backends by role, RabbitMQ, merchant, senders). RabbitMQ's
+confirmed-publish ceiling is measured at the start of every repetition as the reference;
+rates are also given as a ratio of it. With ``pg_stat_statements`` preloaded on the server
+(``shared_preload_libraries``) it also counts the SQL statements per delivered webhook.
 
     PAYHOOK_DATABASE_URL=… PAYHOOK_AMQP_URL=… .venv/bin/python bench/e2e.py \
         --rates 250,500,1000,2000 --seconds 30 --layouts single,split --repeat 2
