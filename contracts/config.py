@@ -104,6 +104,10 @@ class Settings:
     ledger_prefetch: int = 1000
     ledger_batch_size: int = 500
     ledger_batch_wait_ms: float = 5.0
+    # The ledger worker publishes each batch's events right after its commit (one process hop
+    # less per callback); the relay then only sweeps what stayed unpublished (workers/outbox.py).
+    # false: the ledger notifies the relay, which publishes everything.
+    ledger_publishes_events: bool = True
     relay_batch_size: int = 500
     webhook_prefetch: int = 256
     # A delivery for an endpoint with 2 x max_in_flight already waiting or in flight goes

@@ -65,6 +65,11 @@ LEDGER_ATTENTION = Gauge(
     "payhook_ledger_attention_payments", "Payments flagged for an operator (conflicts, holds)."
 )
 
+LEDGER_EVENTS_PUBLISHED = Counter(
+    "payhook_ledger_events_published",
+    "Events the ledger worker published (confirmed) right after committing them.",
+)
+
 RELAY_PUBLISHED = Counter("payhook_relay_events_published", "Events published by the relay.")
 RELAY_PENDING = Gauge("payhook_relay_outbox_pending", "Events committed but not yet published.")
 RELAY_OLDEST = Gauge(
@@ -135,6 +140,9 @@ class LedgerMetrics:
 
     def dead_lettered(self) -> None:
         LEDGER_CALLBACKS.labels("dead_lettered").inc()
+
+    def published(self, events: int) -> None:
+        LEDGER_EVENTS_PUBLISHED.inc(events)
 
 
 def webhook_attempt(merchant: str, status_code: int | None, error_class: str | None) -> None:

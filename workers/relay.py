@@ -7,6 +7,11 @@ duplicate with the same event id, which is the at-least-once contract, never a l
 The ledger's ``NOTIFY payhook_outbox`` wakes the relay at once; a slow poll covers a missed
 notification (e.g. while the listening connection reconnects).
 
+While the ledger publishes its events itself (``ledger_publishes_events``, the default:
+``workers/outbox.py``) it sends no notification, and the relay is the sweeper: every poll it
+publishes the rows that stayed unpublished longer than ``SWEEP_AFTER_S`` (a ledger that died
+or lost the broker between its commit and its mark).
+
 Outages: the relay waits for Postgres at start and keeps its pool through restarts (a failed
 batch is rolled back and retried after a backoff); a lost broker connection ends the session
 and the runtime reconnects (``runtime.broker.run_sessions``). Nothing exits for either.
@@ -16,38 +21,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Collection
+from typing import Any
 
-import aio_pika
-import aiormq
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractExchange
 
-from contracts.events import encode_event
-from contracts.topology import HEADER_CORRELATION_ID, OUTBOX_CHANNEL, Topology
+from contracts.topology import OUTBOX_CHANNEL, Topology
 from runtime import database
 from runtime.backoff import DEFAULT_BACKOFF, sleep_or_stop, wait_any
-from runtime.broker import BrokerNodes, Session, declare, raw_channel, run_sessions
+from runtime.broker import BrokerNodes, Session, declare, run_sessions
 from runtime.errors import describe, is_database_outage
 from runtime.health import Dependency
 from runtime.metrics import refresh_periodically
 from runtime.process import RoleContext
-from runtime.publish_many import Outgoing, publish_many
 from workers.metrics import RELAY_PUBLISHED, refresh_outbox
+from workers.outbox import SWEEP_AFTER_S, OutboxEvent, publish_events
 
 __all__ = ["OUTBOX_CHANNEL", "publish_pending", "run_relay"]
 
 log = structlog.get_logger("relay")
 
 _POLL_INTERVAL_S = 1.0
-_PUBLISH_TIMEOUT_S = 30.0  # a whole batch's confirms
 
+# ``$2``: how old a row must be to be taken (0: any row; ``SWEEP_AFTER_S`` while the ledger
+# publishes its own); ``$3``: rows a notification named, taken whatever their age.
 _CLAIM = """
-    SELECT ctid, id, routing_key, correlation_id, body
+    SELECT ctid, seq, id, routing_key, correlation_id, body
     FROM events
     WHERE published_at IS NULL
+      AND (created_at <= now() - make_interval(secs => $2) OR seq = ANY($3::bigint[]))
     ORDER BY seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -58,13 +62,25 @@ async def publish_pending(
     conn: asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any],
     exchange: AbstractExchange,
     batch_size: int,
-) -> int:
-    """Publish one batch of unpublished events; returns how many were published."""
+    older_than_s: float = 0.0,
+    named: Collection[int] = (),
+) -> list[int]:
+    """Publish one batch of unpublished events; returns the ``seq`` of each one published.
+
+    ``older_than_s`` leaves younger rows alone (the ledger is publishing those itself)
+    except those ``named`` (a notification said nobody else publishes them).
+    """
     async with conn.transaction():
-        rows = await conn.fetch(_CLAIM, batch_size)
+        rows = await conn.fetch(_CLAIM, batch_size, older_than_s, list(named))
         if not rows:
-            return 0
-        await _publish_all(exchange, rows)
+            return []
+        await publish_events(
+            exchange,
+            [
+                OutboxEvent(r["seq"], r["id"], r["routing_key"], r["correlation_id"], r["body"])
+                for r in rows
+            ],
+        )
         # By ctid (a TID scan whatever the statistics): the rows are locked FOR UPDATE in
         # this transaction, so nobody can move them. By id, the generic plan Postgres caches
         # for a prepared statement froze as a sequential scan of ``events`` when the table
@@ -73,46 +89,42 @@ async def publish_pending(
             "UPDATE events SET published_at = now() WHERE ctid = ANY($1::tid[])",
             [row["ctid"] for row in rows],
         )
-    return len(rows)
+    return [row["seq"] for row in rows]
 
 
-async def _publish_all(exchange: AbstractExchange, rows: Sequence[asyncpg.Record]) -> None:
-    """Publish every row with all confirms in flight at once; raises if any is not confirmed.
+class _Wakeups:
+    """What the notifications since the last batch asked for.
 
-    Straight on aiormq's channel, the whole batch in one socket write
-    (``runtime.publish_many``) and one deadline for it: aio-pika's ``Exchange.publish``
-    awaits each frame's socket write while holding the channel's lock, so a batch went out
-    one event-loop round trip per message, plus a ``Message`` object and a deadline each (a
-    quarter of the relay's CPU in py-spy); aiormq's own ``basic_publish`` still wrote each
-    message on its own.
+    A notification's payload lists the ``seq`` of the rows its transaction wrote; an empty one
+    (or a listener that just (re)connected and may have missed some) means every row.
     """
-    # aio-pika's Exchange keeps its channel; the abstract interface does not declare it.
-    channel = await raw_channel(cast(aio_pika.Exchange, exchange).channel)
-    async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
-        confirmations = await publish_many(
-            channel,
-            [
-                Outgoing(
-                    exchange.name, row["routing_key"], encode_event(row["body"]), _properties(row)
-                )
-                for row in rows
-            ],
-            # mandatory: an event no queue would take (topology missing) must fail (the
-            # channel raises on a return), not vanish.
-            mandatory=True,
-        )
-        await asyncio.gather(*confirmations)
 
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self._named: set[int] = set()
+        self._everything = False
 
-def _properties(row: asyncpg.Record) -> aiormq.spec.Basic.Properties:
-    return aiormq.spec.Basic.Properties(
-        delivery_mode=2,  # persistent
-        content_type="application/cloudevents+json",
-        message_id=row["id"],
-        correlation_id=row["correlation_id"] or None,
-        headers={HEADER_CORRELATION_ID: row["correlation_id"]},
-        message_type=row["body"]["type"],
-    )
+    def notified(self, payload: str) -> None:
+        try:
+            seqs = {int(seq) for seq in payload.split(",")} if payload else set()
+        except ValueError:
+            seqs = set()  # not a list of ours: take it as "everything"
+        if seqs:
+            self._named |= seqs
+        else:
+            self._everything = True
+        self.event.set()
+
+    def everything(self) -> None:
+        self.notified("")
+
+    def take(self) -> tuple[set[int], bool]:
+        named, everything = self._named, self._everything
+        self._named, self._everything = set(), False
+        return named, everything
+
+    def give_back(self, named: set[int]) -> None:
+        self._named |= named
 
 
 async def run_relay(ctx: RoleContext) -> None:
@@ -123,7 +135,7 @@ async def run_relay(ctx: RoleContext) -> None:
     pool = await database.open_pool(settings.database_url, stop, postgres, min_size=1, max_size=2)
     if pool is None:
         return
-    wake = asyncio.Event()
+    wake = _Wakeups()
     listener = asyncio.create_task(_listen(settings.database_url, wake, stop, postgres))
     gauges = (
         asyncio.create_task(refresh_periodically("relay", lambda: refresh_outbox(pool), stop, 5.0))
@@ -135,8 +147,12 @@ async def run_relay(ctx: RoleContext) -> None:
         channel = await broker.channel(publisher_confirms=True)
         await declare(channel, topology.declarations(ctx.config.webhook_schedule))
         exchange = await channel.get_exchange(topology.events_exchange, ensure=False)
-        log.info("relay.started")
-        await _relay(pool, exchange, settings.relay_batch_size, wake, stop, broker, postgres)
+        # While the ledger publishes its own events, only what it left behind is ours.
+        older_than_s = SWEEP_AFTER_S if settings.ledger_publishes_events else 0.0
+        log.info("relay.started", sweeps_older_than_s=older_than_s)
+        await _relay(
+            pool, exchange, settings.relay_batch_size, older_than_s, wake, stop, broker, postgres
+        )
 
     try:
         await run_sessions(
@@ -160,7 +176,8 @@ async def _relay(
     pool: asyncpg.Pool[Any],
     exchange: AbstractExchange,
     batch_size: int,
-    wake: asyncio.Event,
+    older_than_s: float,
+    wake: _Wakeups,
     stop: asyncio.Event,
     broker: Session,
     postgres: Dependency,
@@ -168,10 +185,17 @@ async def _relay(
     """Publish batches until stopped or the broker session is lost."""
     failures = 0
     while not (stop.is_set() or broker.lost.is_set()):
+        wake.event.clear()
+        named, everything = wake.take()
         try:
             async with pool.acquire() as conn:
-                published = await publish_pending(conn, exchange, batch_size)
+                published = await publish_pending(
+                    conn, exchange, batch_size, 0.0 if everything else older_than_s, named
+                )
         except Exception as exc:
+            wake.give_back(named)
+            if everything:
+                wake.everything()
             if broker.lost.is_set():
                 return  # the session ends; the runtime reconnects
             if not is_database_outage(exc):
@@ -187,15 +211,18 @@ async def _relay(
         failures = 0
         postgres.up()
         if published:
-            RELAY_PUBLISHED.inc(published)
-            log.debug("relay.published", count=published)
+            RELAY_PUBLISHED.inc(len(published))
+            log.debug("relay.published", count=len(published))
+            if len(published) == batch_size:  # a full batch: what it left waits for the next
+                wake.give_back(named.difference(published))
+                if everything:
+                    wake.everything()
             continue
-        wake.clear()
-        await wait_any(stop, wake, broker.lost, timeout=_POLL_INTERVAL_S)
+        await wait_any(stop, wake.event, broker.lost, timeout=_POLL_INTERVAL_S)
 
 
 async def _listen(
-    database_url: str, wake: asyncio.Event, stop: asyncio.Event, postgres: Dependency
+    database_url: str, wake: _Wakeups, stop: asyncio.Event, postgres: Dependency
 ) -> None:
     """Keep a ``LISTEN payhook_outbox`` connection open, reconnecting when it drops."""
     while not stop.is_set():
@@ -205,8 +232,8 @@ async def _listen(
         closed = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _, closed=closed: closed.set())
-            await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
-            wake.set()  # anything committed while we were not listening
+            await conn.add_listener(OUTBOX_CHANNEL, lambda *args: wake.notified(args[-1]))
+            wake.everything()  # anything committed while we were not listening
             await wait_any(stop, closed)
         except Exception as exc:
             if not is_database_outage(exc):

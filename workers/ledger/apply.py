@@ -8,7 +8,8 @@ in-batch repeats, (3) decide each new callback in delivery order against the pay
 previous one left it, (4) write payments (one insert or update each), callbacks
 (``ON CONFLICT DO NOTHING``: a count short of expected means the locking protocol was
 bypassed, so the batch is retried rather than trusted), journal entries and postings, and
-events (the outbox), then ``NOTIFY`` the relay once. The caller acks the AMQP messages only
+events (the outbox), then ``NOTIFY`` the relay once (unless the caller publishes the events
+itself: ``Policy.notify_relay``). The caller acks the AMQP messages only
 after the commit; a crash before it redelivers them and step (2) makes the replay a no-op.
 
 If a batch keeps failing for a reason other than a lost connection, ``apply_each`` falls
@@ -38,6 +39,7 @@ from workers.ledger import store
 from workers.ledger.decide import Outcome, Payment, Verdict, decide, new_payment
 from workers.ledger.expectations import Expectation, OrderKey, lock_orders
 from workers.ledger.store import CallbackRow, Conn, EntryRow, EventRow, PostingRow
+from workers.outbox import OutboxEvent
 
 __all__ = [
     "ApplyResult",
@@ -85,6 +87,9 @@ class Policy:
     merchants: Mapping[tuple[str, str], str | None]
     require: Mapping[tuple[str, str], bool]
     trust_source_address: bool = False
+    # NOTIFY the relay at commit; False where the caller publishes the events itself
+    # (the ledger worker with ``ledger_publishes_events``).
+    notify_relay: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> Policy:
@@ -124,6 +129,8 @@ class ApplyResult:
     entries: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     attention: list[tuple[Incoming, Verdict]] = field(default_factory=list)
+    # The events written (committed once the transaction is), for a caller that publishes them.
+    outbox: list[OutboxEvent] = field(default_factory=list)
 
     def add(self, other: ApplyResult) -> None:
         self.recorded += other.recorded
@@ -132,6 +139,7 @@ class ApplyResult:
         self.entries += other.entries
         self.outcomes.update(other.outcomes)
         self.attention.extend(other.attention)
+        self.outbox.extend(other.outbox)
 
 
 def _memo(verdict: Verdict) -> str:
@@ -277,9 +285,15 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
         raise LedgerContention("a callback this batch records was recorded concurrently")
     await store.insert_entries(conn, entries)
     await store.insert_postings(conn, postings)
-    result.events = await store.insert_events(conn, events)
-    if result.events:
-        await store.notify_outbox(conn)
+    written = await store.insert_events(conn, events)
+    result.events = len(written)
+    result.outbox = [
+        OutboxEvent(written[e.id], e.id, e.routing_key, e.correlation_id, e.body)
+        for e in events
+        if e.id in written
+    ]
+    if result.outbox and policy.notify_relay:
+        await store.notify_outbox(conn, [e.seq for e in result.outbox])
     result.recorded = len(callbacks)
     result.entries = len(entries)
     return result

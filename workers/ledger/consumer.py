@@ -35,7 +35,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +59,7 @@ from runtime.process import RoleContext
 from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each
 from workers.ledger.orders import consume_orders
 from workers.metrics import LedgerMetrics, refresh_attention
+from workers.outbox import PUBLISH_TIMEOUT_S, OutboxEvent, mark_published, start_publish
 
 __all__ = [
     "HEADER_ERROR",
@@ -121,7 +122,11 @@ class LedgerWorker:
         self.pool = pool
         self.postgres = postgres or Dependency("ledger.postgres", is_up=True)
         self.metrics = LedgerMetrics() if settings.metrics else None
-        self.policy = Policy.from_config(config)
+        self.publishes_events = settings.ledger_publishes_events
+        self.policy = replace(Policy.from_config(config), notify_relay=not self.publishes_events)
+        # Where committed events go (``publishes_events``); None while there is no broker
+        # session: the relay sweeps what could not be published.
+        self.events_exchange: AbstractExchange | None = None
         self.topology = topology
         self.dead_exchange = dead_exchange
         self.batch_size = max(1, settings.ledger_batch_size)
@@ -230,13 +235,17 @@ class LedgerWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace)
-        for task in pending:
-            task.cancel()  # its messages stay unacked: redelivered to whoever consumes next
-        if pending:
-            await asyncio.wait(pending)
+        # Until none is left: a batch finishing in the grace starts its events' confirm task.
+        deadline = time.monotonic() + self.grace
+        while self._tasks:
+            _, pending = await asyncio.wait(
+                set(self._tasks), timeout=max(0.0, deadline - time.monotonic())
+            )
+            if pending and time.monotonic() >= deadline:
+                for task in pending:
+                    task.cancel()  # its messages stay unacked: redelivered to the next consumer
+                await asyncio.wait(pending)
+                return
 
     async def _add(self, batch: _Batch, message: DeliveredMessage) -> None:
         tag = message.delivery_tag or 0
@@ -279,6 +288,9 @@ class LedgerWorker:
                 self._multiple_ok = False  # abandoned unacked: later multiple acks would cover it
                 return
             result, failures = outcome
+            # Before the ack, in settle order: events of one payment reach the broker in the
+            # order its batches committed.
+            await self._publish(result.outbox)
             self.totals.add(result)
             if self.metrics is not None:
                 self.metrics.batch(
@@ -320,6 +332,51 @@ class LedgerWorker:
                 continue
             self.postgres.up()
             return result
+
+    async def _publish(self, events: Sequence[OutboxEvent]) -> None:
+        """Send the committed ``events`` now; their confirms and the mark follow in a task.
+
+        Whatever fails here only delays events (the relay publishes what stays unmarked for
+        ``SWEEP_AFTER_S``) or repeats them with the same ids (confirmed, not marked): the
+        batch is committed and gets its ack either way.
+        """
+        exchange = self.events_exchange
+        if not self.publishes_events or exchange is None or not events:
+            return
+        try:
+            confirmations = await start_publish(exchange, events)
+        except Exception as exc:
+            log.warning("ledger.events_not_sent", reason=describe(exc), count=len(events))
+            return
+        task = asyncio.create_task(self._confirm_and_mark(events, confirmations))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _confirm_and_mark(
+        self, events: Sequence[OutboxEvent], confirmations: Sequence[asyncio.Future[object]]
+    ) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                outcomes = await asyncio.gather(*confirmations, return_exceptions=True)
+        except TimeoutError:
+            outcomes = [TimeoutError()] * len(events)
+        confirmed = [e.seq for e, ok in zip(events, outcomes, strict=True) if not _failed(ok)]
+        if len(confirmed) < len(events):
+            reason = next(describe(ok) for ok in outcomes if isinstance(ok, BaseException))
+            log.warning(
+                "ledger.events_unconfirmed", reason=reason, count=len(events) - len(confirmed)
+            )
+        if not confirmed:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                await mark_published(conn, confirmed)
+        except Exception as exc:
+            # Published, not marked: the relay publishes them again (same ids, at least once).
+            log.warning("ledger.events_unmarked", reason=describe(exc), count=len(confirmed))
+            return
+        if self.metrics is not None:
+            self.metrics.published(len(confirmed))
 
     async def _settle(self, batch: _Batch, failures: Sequence[str | None]) -> None:
         ok: list[DeliveredMessage] = []
@@ -427,13 +484,20 @@ def _tag(message: DeliveredMessage) -> int:
     return message.delivery_tag or 0
 
 
+def _failed(outcome: object) -> bool:
+    # A confirm's result is the broker's Basic.Ack; a nack, a return or a closed channel is
+    # an exception in its place (``return_exceptions``).
+    return isinstance(outcome, BaseException)
+
+
 async def run_ledger_worker(ctx: RoleContext) -> None:
     """The ledger worker (and the orders-queue consumer) until ``ctx.stop``."""
     settings, config, stop = ctx.settings, ctx.config, ctx.stop
     topology = Topology(settings.amqp_namespace)
     postgres = ctx.dependency("postgres")
     rabbitmq = ctx.dependency("rabbitmq")  # registered now: readiness knows both at once
-    pool = await database.open_pool(settings.database_url, stop, postgres, min_size=2, max_size=4)
+    # Two batches in flight, the orders consumer, and marking published events.
+    pool = await database.open_pool(settings.database_url, stop, postgres, min_size=2, max_size=5)
     if pool is None:
         return
     worker = LedgerWorker(settings, config, pool, topology, postgres=postgres)
@@ -453,6 +517,12 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         worker.dead_exchange = await control.get_exchange(
             topology.ledger_dead_exchange, ensure=False
         )
+        if worker.publishes_events:
+            # A channel of its own: its confirms are not held up behind a dead-letter publish.
+            events = await broker.channel(publisher_confirms=True)
+            worker.events_exchange = await events.get_exchange(
+                topology.events_exchange, ensure=False
+            )
         channel = await broker.channel(prefetch=settings.ledger_prefetch)
         orders_channel = await broker.channel(prefetch=32)
         cancel_callbacks = await worker.subscribe(channel, topology.ledger_queue)
@@ -467,6 +537,7 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         )
         await broker.until_stopped_or_lost(stop)
         if broker.lost.is_set():
+            worker.events_exchange = None
             worker.drop_inbox()
             return
         # Stop taking work first, then let what is in flight commit and ack on this channel.
@@ -474,6 +545,7 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         await cancel_orders()
         batches_stop.set()
         await batching
+        worker.events_exchange = None
 
     try:
         await run_sessions(

@@ -337,13 +337,18 @@ FROM json_to_recordset($1::text::json) AS e (
     account text, merchant text, correlation_id text, body jsonb)
 ORDER BY n
 ON CONFLICT (id) DO NOTHING
+RETURNING id, seq
 """
 
 
-async def insert_events(conn: Conn, events: Sequence[EventRow]) -> int:
-    """Write outbox rows in order (their ``seq`` is the publication order)."""
+async def insert_events(conn: Conn, events: Sequence[EventRow]) -> dict[str, int]:
+    """Write outbox rows in order (their ``seq`` is the publication order).
+
+    Returns the ``seq`` of each row written, by event id: an event whose id is already in the
+    outbox is not written again (and not published again by whoever wrote this batch).
+    """
     if not events:
-        return 0
+        return {}
     doc = [
         {
             "n": n,
@@ -360,10 +365,20 @@ async def insert_events(conn: Conn, events: Sequence[EventRow]) -> int:
         }
         for n, e in enumerate(events)
     ]
-    status = await conn.execute(_INSERT_EVENTS, _rows(doc))
-    return int(status.rsplit(" ", 1)[1])
+    return {row["id"]: row["seq"] for row in await conn.fetch(_INSERT_EVENTS, _rows(doc))}
 
 
-async def notify_outbox(conn: Conn) -> None:
-    # Delivered at commit, once per transaction: the relay wakes up for the whole batch.
-    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+# A notification's payload is at most 8,000 bytes; beyond this many the relay is told
+# "everything" (an empty payload) instead of the list.
+_NOTIFY_MAX_SEQS = 400
+
+
+async def notify_outbox(conn: Conn, seqs: Sequence[int]) -> None:
+    """Wake the relay at commit for these rows (``workers.relay`` reads the payload).
+
+    Delivered at commit, once per transaction: the relay wakes up for the whole batch. The
+    payload names the rows, so a relay that leaves young rows to the ledger (which publishes
+    its own) still publishes these at once; an empty payload means every unpublished row.
+    """
+    payload = ",".join(map(str, seqs)) if len(seqs) <= _NOTIFY_MAX_SEQS else ""
+    await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, payload)

@@ -1,0 +1,110 @@
+"""Publishing ``events`` rows (the outbox) to ``payhook.events``, for the ledger and the relay.
+
+Two publishers share this: the ledger worker publishes the events of each batch right after
+its commit (``ledger_publishes_events``, the default), and the relay publishes whatever is
+still unpublished — everything when the ledger does not publish, otherwise only rows older
+than ``SWEEP_AFTER_S`` (a ledger that crashed, lost its broker or its database between commit
+and mark). Either way an event is published only after the transaction that wrote it
+committed, and marked only after the broker confirmed it, so a crash in between publishes it
+again with the same id (at least once), never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import aio_pika
+import aiormq
+import asyncpg
+from aio_pika.abc import AbstractExchange
+
+from contracts.events import encode_event
+from contracts.topology import HEADER_CORRELATION_ID
+from runtime.broker import raw_channel
+from runtime.publish_many import Outgoing, publish_many
+
+__all__ = ["SWEEP_AFTER_S", "OutboxEvent", "mark_published", "publish_events", "start_publish"]
+
+# How old an unpublished row must be before the relay takes it while the ledger publishes
+# itself: far above a confirm round trip under load (milliseconds to a second), so the relay
+# does not race the ledger for rows it is about to mark, and short enough that a ledger that
+# died after its commit delays its events by seconds, not minutes.
+SWEEP_AFTER_S = 10.0
+PUBLISH_TIMEOUT_S = 30.0  # a whole batch's confirms
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """What is published of one ``events`` row."""
+
+    seq: int
+    id: str
+    routing_key: str
+    correlation_id: str
+    body: Mapping[str, Any]  # the CloudEvent
+
+
+async def start_publish(
+    exchange: AbstractExchange, events: Sequence[OutboxEvent]
+) -> list[asyncio.Future[object]]:
+    """Write every event to the broker at once; returns their confirmations, in order.
+
+    Straight on aiormq's channel, the whole batch in one socket write
+    (``runtime.publish_many``): aio-pika's ``Exchange.publish`` awaits each frame's socket
+    write while holding the channel's lock, so a batch went out one event-loop round trip per
+    message, plus a ``Message`` object and a deadline each (a quarter of the relay's CPU in
+    py-spy). The frames are queued before this returns, so batches started in some order
+    reach the broker in that order.
+    """
+    # aio-pika's Exchange keeps its channel; the abstract interface does not declare it.
+    channel = await raw_channel(cast(aio_pika.Exchange, exchange).channel)
+    return await publish_many(
+        channel,
+        [
+            Outgoing(exchange.name, e.routing_key, encode_event(e.body), _properties(e))
+            for e in events
+        ],
+        # mandatory: an event no queue would take (topology missing) must fail (the channel
+        # raises on a return), not vanish.
+        mandatory=True,
+    )
+
+
+async def publish_events(exchange: AbstractExchange, events: Sequence[OutboxEvent]) -> None:
+    """Publish ``events`` with all confirms in flight at once; raises if any is not confirmed."""
+    async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+        await asyncio.gather(*await start_publish(exchange, events))
+
+
+async def mark_published(
+    conn: asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any], seqs: Sequence[int]
+) -> None:
+    """Mark the rows with these ``seq`` published (their confirms are in), outside any claim.
+
+    The numbers go into the statement's text (integers, formatted here: nothing to inject),
+    so Postgres plans it for this list each time and takes the ``events_unpublished``
+    index. A prepared statement would settle on a generic plan, and one cached while
+    ``events`` was young stays a sequential scan of the table as it grows (the relay's
+    claim hit exactly that, 2.3 ms a batch at 10,000 events).
+    """
+    if not seqs:
+        return
+    numbers = ",".join(str(int(seq)) for seq in seqs)
+    await conn.execute(
+        "UPDATE events SET published_at = now() "  # noqa: S608 (integers, formatted above)
+        f"WHERE seq = ANY('{{{numbers}}}'::bigint[]) AND published_at IS NULL"
+    )
+
+
+def _properties(event: OutboxEvent) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        delivery_mode=2,  # persistent
+        content_type="application/cloudevents+json",
+        message_id=event.id,
+        correlation_id=event.correlation_id or None,
+        headers={HEADER_CORRELATION_ID: event.correlation_id},
+        message_type=event.body["type"],
+    )
