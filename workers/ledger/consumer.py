@@ -360,12 +360,16 @@ class LedgerWorker:
                 outcomes = await asyncio.gather(*confirmations, return_exceptions=True)
         except TimeoutError:
             outcomes = [TimeoutError()] * len(events)
-        confirmed = [e.seq for e, ok in zip(events, outcomes, strict=True) if not _failed(ok)]
-        if len(confirmed) < len(events):
-            reason = next(describe(ok) for ok in outcomes if isinstance(ok, BaseException))
-            log.warning(
-                "ledger.events_unconfirmed", reason=reason, count=len(events) - len(confirmed)
-            )
+        # A confirm's result is the broker's Basic.Ack; a nack, a return or a closed channel
+        # is an exception in its place.
+        failed = [ok for ok in outcomes if isinstance(ok, BaseException)]
+        confirmed = [
+            e.seq
+            for e, ok in zip(events, outcomes, strict=True)
+            if not isinstance(ok, BaseException)
+        ]
+        if failed:
+            log.warning("ledger.events_unconfirmed", reason=describe(failed[0]), count=len(failed))
         if not confirmed:
             return
         try:
@@ -482,12 +486,6 @@ class LedgerWorker:
 
 def _tag(message: DeliveredMessage) -> int:
     return message.delivery_tag or 0
-
-
-def _failed(outcome: object) -> bool:
-    # A confirm's result is the broker's Basic.Ack; a nack, a return or a closed channel is
-    # an exception in its place (``return_exceptions``).
-    return isinstance(outcome, BaseException)
 
 
 async def run_ledger_worker(ctx: RoleContext) -> None:
