@@ -2,12 +2,13 @@
 
 For each ``--rates`` value and ``--layouts`` entry this starts, from scratch:
 
-- payhook: ``single`` is one ``payhook run`` process; ``split`` is ``payhook ingress`` x2 on one
-  port (``PAYHOOK_LISTEN_REUSE_PORT``), ``payhook worker ledger``, ``payhook relay``, ``payhook
-  worker webhooks`` and ``payhook admin``, each with its own ``PAYHOOK_HEALTH_PORT``, started
-  once every ``/readyz`` answers 200; ``workers`` is ``split`` with the ledger, relay and
-  webhook workers in one ``payhook run --roles …`` process. Its own database
-  (``payhook_bench_e2e``, recreated and migrated) and broker namespace (deleted afterwards).
+- payhook: ``single`` is one ``payhook run`` process; ``split`` is ``payhook ingress`` x2 (or
+  ``--ingresses``) on one port (``PAYHOOK_LISTEN_REUSE_PORT``), ``payhook worker ledger``,
+  ``payhook relay``, ``payhook worker webhooks`` and ``payhook admin``, each with its own
+  ``PAYHOOK_HEALTH_PORT``, started once every ``/readyz`` answers 200; ``workers`` is
+  ``split`` with the ledger, relay and webhook workers in one ``payhook run --roles …``
+  process. Its own database (``payhook_bench_e2e``, recreated and migrated) and broker
+  namespace (deleted afterwards).
 - a merchant (its own process: HTTP/1.1 on httptools and uvloop) that answers 200 at once and
   records the arrival time of every webhook with its ``webhook-id`` and the callback's
   transaction id;
@@ -738,21 +739,20 @@ async def run_once(
         subprocess.run, [PAYHOOK, "migrate"], env=env, check=True, capture_output=True
     )
     roles: list[tuple[str, list[str]]]
+    edge = [(f"ingress-{n}", ["ingress"]) for n in range(1, args.ingresses + 1)]
     if layout == "single":
         roles = [("payhook-run", ["run", "--no-migrate"])]
     elif layout == "ingress":  # a diagnosis: the edge alone, the broker just stores
-        roles = [("ingress-1", ["ingress"]), ("ingress-2", ["ingress"])]
+        roles = edge
     elif layout == "workers":  # split, but the three workers share one process
         roles = [
-            ("ingress-1", ["ingress"]),
-            ("ingress-2", ["ingress"]),
+            *edge,
             ("workers", ["run", "--no-migrate", "--roles", "worker.ledger,relay,worker.webhooks"]),
             ("admin", ["admin"]),
         ]
     else:
         roles = [
-            ("ingress-1", ["ingress"]),
-            ("ingress-2", ["ingress"]),
+            *edge,
             ("ledger", ["worker", "ledger"]),
             ("relay", ["relay"]),
             ("webhooks", ["worker", "webhooks"]),
@@ -1137,7 +1137,8 @@ async def main(args: argparse.Namespace) -> int:
     size = callback_message_size(load_config(str(REPO / "deploy" / "payhook.toml")))
     print(
         f"e2e: rates {', '.join(f'{r:g}' for r in rates)}/s x {args.seconds:g} s, layouts"
-        f" {', '.join(layouts)}, {args.repeat} repetition(s); {args.senders} sender(s) x"
+        f" {', '.join(layouts)} ({args.ingresses} ingress processes), {args.repeat}"
+        f" repetition(s); {args.senders} sender(s) x"
         f" {args.connections} connections; merchant max_in_flight"
         f" {args.max_in_flight or 'default (16)'}; log level {args.log_level}, metrics"
         f" {args.metrics}; {os.cpu_count()} cores for everything",
@@ -1174,6 +1175,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layouts", default="single,split", help="single, split or both")
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (interleaved)")
     parser.add_argument("--senders", type=int, default=2, help="sender processes")
+    parser.add_argument(
+        "--ingresses", type=int, default=2, help="payhook ingress processes (split, workers)"
+    )
     parser.add_argument("--connections", type=int, default=16, help="per sender, at first")
     parser.add_argument(
         "--max-connections", type=int, default=256, help="per sender, opened when all are busy"
