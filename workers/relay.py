@@ -136,7 +136,10 @@ async def run_relay(ctx: RoleContext) -> None:
     if pool is None:
         return
     wake = _Wakeups()
-    listener = asyncio.create_task(_listen(settings.database_url, wake, stop, postgres))
+    sweeping = settings.ledger_publishes_events
+    listener = asyncio.create_task(
+        _listen(settings.database_url, wake, stop, postgres, sweeping=sweeping)
+    )
     gauges = (
         asyncio.create_task(refresh_periodically("relay", lambda: refresh_outbox(pool), stop, 5.0))
         if settings.metrics
@@ -148,7 +151,7 @@ async def run_relay(ctx: RoleContext) -> None:
         await declare(channel, topology.declarations(ctx.config.webhook_schedule))
         exchange = await channel.get_exchange(topology.events_exchange, ensure=False)
         # While the ledger publishes its own events, only what it left behind is ours.
-        older_than_s = SWEEP_AFTER_S if settings.ledger_publishes_events else 0.0
+        older_than_s = SWEEP_AFTER_S if sweeping else 0.0
         log.info("relay.started", sweeps_older_than_s=older_than_s)
         await _relay(
             pool, exchange, settings.relay_batch_size, older_than_s, wake, stop, broker, postgres
@@ -222,9 +225,20 @@ async def _relay(
 
 
 async def _listen(
-    database_url: str, wake: _Wakeups, stop: asyncio.Event, postgres: Dependency
+    database_url: str,
+    wake: _Wakeups,
+    stop: asyncio.Event,
+    postgres: Dependency,
+    *,
+    sweeping: bool,
 ) -> None:
-    """Keep a ``LISTEN payhook_outbox`` connection open, reconnecting when it drops."""
+    """Keep a ``LISTEN payhook_outbox`` connection open, reconnecting when it drops.
+
+    Once listening, anything committed while it was not may have gone unnoticed: publishing
+    everything, the relay takes every unpublished row; sweeping, it does not, since young
+    rows are the ledger's, in flight (taking them would publish them twice): a notification
+    it missed waits for the sweep.
+    """
     while not stop.is_set():
         conn = await database.wait_for_database(database_url, stop, postgres)
         if conn is None:
@@ -233,7 +247,10 @@ async def _listen(
         try:
             conn.add_termination_listener(lambda _, closed=closed: closed.set())
             await conn.add_listener(OUTBOX_CHANNEL, lambda *args: wake.notified(args[-1]))
-            wake.everything()  # anything committed while we were not listening
+            if sweeping:
+                wake.event.set()
+            else:
+                wake.everything()
             await wait_any(stop, closed)
         except Exception as exc:
             if not is_database_outage(exc):

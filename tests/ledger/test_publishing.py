@@ -199,19 +199,31 @@ async def test_a_release_by_an_order_is_published_at_once_by_the_sweeping_relay(
     # An hour: any young row the relay publishes here, it publishes because it was named.
     monkeypatch.setattr(relay, "SWEEP_AFTER_S", 3600.0)
     async with pool.acquire() as conn:
-        # Written by a ledger that publishes itself (no notification) and then died.
+        # Written by a ledger that publishes itself (no notification), not yet marked.
         quiet = replace(Policy.from_config(ledger_config), notify_relay=False)
-        (left,) = (await apply_batch(conn, [_incoming("N0")], quiet)).outbox
+        (young,) = (await apply_batch(conn, [_incoming("N0")], quiet)).outbox
     stop = asyncio.Event()
     relaying = asyncio.create_task(run_relay(role_context("relay", settings, ledger_config, stop)))
     try:
-        # Once listening, the relay takes every row once (it may have missed notifications):
-        # after that, only old or named ones.
-        assert await _received(queue, 1) == [left.id]
+
+        async def relay_listening() -> bool:
+            async with pool.acquire() as conn:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE query LIKE 'LISTEN%' AND state = 'idle'"
+                    )
+                )
+
+        await eventually(relay_listening)
         policy = Policy.from_config(ledger_config)  # notify_relay: as orders.py decides
         async with pool.acquire() as conn:
             (named,) = (await apply_batch(conn, [_incoming("N1")], policy)).outbox
         assert await _received(queue, 1) == [named.id]
+        # The young row nobody named is the ledger's to publish: the relay, though it just
+        # connected (and may have missed notifications), left it alone.
+        assert (await _outbox(pool)) == {young.id: False, named.id: True}
+        await _nothing_more(queue)
     finally:
         stop.set()
         await asyncio.wait_for(relaying, 20)

@@ -76,6 +76,7 @@ HEADER_FAILED_AT = "x-payhook-failed-at"
 _DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
 _PIPELINE_DEPTH = 2
 _MARK_EVERY_S = 0.2
+_MARK_RETRY_S = 1.0
 _DB_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 _SETTLE_ERRORS = (
     aiormq.exceptions.AMQPError,
@@ -377,28 +378,42 @@ class LedgerWorker:
             return
         self._confirmed.extend(confirmed)
         if self._marking is None:
-            self._marking = asyncio.create_task(self._mark_confirmed())
-            self._tasks.add(self._marking)
-            self._marking.add_done_callback(self._tasks.discard)
+            self._start_marking(_MARK_EVERY_S)
 
-    async def _mark_confirmed(self) -> None:
-        """Mark what was confirmed in the last ``_MARK_EVERY_S``, in one statement.
+    def _start_marking(self, delay_s: float) -> None:
+        self._marking = asyncio.create_task(self._mark_confirmed(delay_s))
+        self._tasks.add(self._marking)
+        self._marking.add_done_callback(self._tasks.discard)
+
+    async def _mark_confirmed(self, delay_s: float) -> None:
+        """Mark what was confirmed in the last ``delay_s``, in one statement.
 
         Marking is not on anyone's path (the relay leaves rows alone for ``SWEEP_AFTER_S``),
         so one UPDATE (and its commit) serves every batch confirmed meanwhile instead of one
         each. A crash loses at most this interval's marks: those events are published once
-        more by the relay, with the same ids.
+        more by the relay, with the same ids. A database outage keeps them for another try.
         """
         try:
-            await asyncio.sleep(_MARK_EVERY_S)
+            await asyncio.sleep(delay_s)
         finally:
             seqs, self._confirmed, self._marking = self._confirmed, [], None
         try:
             async with self.pool.acquire() as conn:
                 await mark_published(conn, seqs)
         except Exception as exc:
-            # Published, not marked: the relay publishes them again (same ids, at least once).
-            log.warning("ledger.events_unmarked", reason=describe(exc), count=len(seqs))
+            if not is_database_outage(exc):  # a bug: the relay publishes them again
+                log.exception("ledger.events_unmarked", count=len(seqs))
+                return
+            # Kept: unmarked after SWEEP_AFTER_S, the relay would publish them again.
+            log.warning(
+                "ledger.events_unmarked",
+                reason=describe(exc),
+                count=len(seqs),
+                retry_in_s=_MARK_RETRY_S,
+            )
+            self._confirmed[:0] = seqs
+            if self._marking is None:
+                self._start_marking(_MARK_RETRY_S)
             return
         if self.metrics is not None:
             self.metrics.published(len(seqs))
