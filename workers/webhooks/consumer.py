@@ -83,6 +83,10 @@ log = structlog.get_logger(__name__)
 # between redelivers a message whose attempt is found recorded (or is made again).
 _RECORD_LINGER_S = 0.005
 _ACK_LINGER_S = 0.005
+# The lookup before an attempt waits as long for company, at that much latency to the
+# merchant: at 500 webhooks/s it took a quarter to a third of the worker's Postgres time
+# per webhook (250-267 -> 159-195 us in four interleaved pairs; docs/operations.md).
+_LOOKUP_LINGER_S = 0.005
 
 
 def subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
@@ -154,9 +158,9 @@ class WebhookWorker:
         # Set while the overdue sweeper runs: attempts that may have its twin claim first.
         self.claim_twins = False
         # Concurrent deliveries share their Postgres round trips: one lookup and one write
-        # statement for all that reach that step in the same turn of the loop.
+        # statement for all that reach that step within a few ms of each other.
         self._lookups: Coalescer[store.AttemptKey, store.Lookup] = Coalescer(
-            lambda keys: store.lookup_many(self.pool, keys)
+            lambda keys: store.lookup_many(self.pool, keys), linger_s=_LOOKUP_LINGER_S
         )
         # The write after an attempt may wait a few ms for others: it delays only the ack
         # (the merchant has the webhook already) and shares one commit among more of them.
