@@ -96,7 +96,8 @@ class _Wakeups:
     """What the notifications since the last batch asked for.
 
     A notification's payload lists the ``seq`` of the rows its transaction wrote; an empty one
-    (or a listener that just (re)connected and may have missed some) means every row.
+    means every unpublished row (``everything``: also what ``_listen`` asks for after it
+    (re)connected, when the relay publishes everything).
     """
 
     def __init__(self) -> None:
@@ -123,8 +124,11 @@ class _Wakeups:
         self._named, self._everything = set(), False
         return named, everything
 
-    def give_back(self, named: set[int]) -> None:
+    def give_back(self, named: set[int], everything: bool) -> None:
+        """What a batch took and did not do (it failed, or was full): for the next one."""
         self._named |= named
+        self._everything |= everything
+        self.event.set()
 
 
 async def run_relay(ctx: RoleContext) -> None:
@@ -196,9 +200,7 @@ async def _relay(
                     conn, exchange, batch_size, 0.0 if everything else older_than_s, named
                 )
         except Exception as exc:
-            wake.give_back(named)
-            if everything:
-                wake.everything()
+            wake.give_back(named, everything)
             if broker.lost.is_set():
                 return  # the session ends; the runtime reconnects
             if not is_database_outage(exc):
@@ -217,9 +219,7 @@ async def _relay(
             RELAY_PUBLISHED.inc(len(published))
             log.debug("relay.published", count=len(published))
             if len(published) == batch_size:  # a full batch: what it left waits for the next
-                wake.give_back(named.difference(published))
-                if everything:
-                    wake.everything()
+                wake.give_back(named.difference(published), everything)
             continue
         await wait_any(stop, wake.event, broker.lost, timeout=_POLL_INTERVAL_S)
 
