@@ -15,6 +15,7 @@ __all__ = [
     "HEADER_ATTEMPT",
     "HEADER_CORRELATION_ID",
     "HEADER_MERCHANT",
+    "MIXED_CALLBACKS_ROUTING_KEY",
     "OUTBOX_CHANNEL",
     "Binding",
     "Declarations",
@@ -62,6 +63,12 @@ class Declarations:
     exchanges: tuple[Exchange, ...]
     queues: tuple[Queue, ...]
     bindings: tuple[Binding, ...]
+
+
+# The routing key of a message whose callbacks come from several provider accounts (the
+# ingress packs the callbacks ready together whatever their account); one account's message
+# has ``callback.<provider>.<account>``. The ledger binds ``callback.#``: it gets both.
+MIXED_CALLBACKS_ROUTING_KEY = "callback.mixed"
 
 
 @dataclass(frozen=True, slots=True)

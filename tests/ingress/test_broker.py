@@ -12,7 +12,7 @@ import pytest
 
 from contracts.callbacks import CallbackReceived, RawRequest, decode_callbacks
 from contracts.statuses import Kind, Status, VerifiedBy
-from contracts.topology import Topology
+from contracts.topology import MIXED_CALLBACKS_ROUTING_KEY, Topology
 from ingress.broker import CallbackPublisher, PublishFailed, Unencodable
 
 # Long enough that waiting it out would fail the test's own timeout checks below.
@@ -108,3 +108,35 @@ async def test_a_lone_unencodable_callback_and_the_next_one(
         await publisher.publish(callback("bad", amount=2**64))
     await publisher.publish(callback("after"))  # the publisher is unharmed
     assert await queued_transaction_ids(amqp_url, namespace) == (1, ["after"])
+
+
+async def test_callbacks_of_several_accounts_ready_together_share_one_message(
+    publisher: CallbackPublisher, amqp_url: str, namespace: str
+) -> None:
+    """Packing does not stop at an account's edge (a deployment with many provider accounts
+    would otherwise send one message per callback): the message carries the account's
+    routing key only when it holds one account's callbacks."""
+    topology = Topology(namespace)
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        tap = await channel.declare_queue(exclusive=True)
+        await tap.bind(topology.callbacks_exchange, "callback.#")
+        mixed = [callback("m-0"), callback("m-1", provider="paysera"), callback("m-2")]
+        await asyncio.gather(*(publisher.publish(cb) for cb in mixed))  # one turn: one batch
+        await publisher.publish(callback("alone", account="second"))
+
+        keys: list[tuple[str, list[str]]] = []
+        async with asyncio.timeout(10):
+            while len(keys) < 2:
+                message = await tap.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.02)
+                    continue
+                ids = [cb.transaction_id for cb, _ in decode_callbacks(message.body)]
+                keys.append((message.routing_key or "", ids))
+    assert keys == [
+        (MIXED_CALLBACKS_ROUTING_KEY, ["m-0", "m-1", "m-2"]),
+        (topology.callback_routing_key("paycore", "second"), ["alone"]),
+    ]
+    # The ledger's queue got both, all four callbacks.
+    assert await queued_transaction_ids(amqp_url, namespace) == (2, ["alone", "m-0", "m-1", "m-2"])
