@@ -220,6 +220,11 @@ async def test_a_release_by_an_order_is_published_at_once_by_the_sweeping_relay(
         async with pool.acquire() as conn:
             (named,) = (await apply_batch(conn, [_incoming("N1")], policy)).outbox
         assert await _received(queue, 1) == [named.id]
+
+        async def named_marked() -> bool:  # the relay commits its mark after the confirm
+            return (await _outbox(pool))[named.id]
+
+        await eventually(named_marked)
         # The young row nobody named is the ledger's to publish: the relay, though it just
         # connected (and may have missed notifications), left it alone.
         assert (await _outbox(pool)) == {young.id: False, named.id: True}
