@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +59,7 @@ from runtime.process import RoleContext
 from workers.ledger.apply import ApplyResult, Incoming, Policy, apply_each
 from workers.ledger.orders import consume_orders
 from workers.metrics import LedgerMetrics, refresh_attention
-from workers.outbox import PUBLISH_TIMEOUT_S, OutboxEvent, mark_published, start_publish
+from workers.outbox import CommittedEvents
 
 __all__ = [
     "HEADER_ERROR",
@@ -75,8 +75,6 @@ HEADER_ERROR = "x-payhook-error"
 HEADER_FAILED_AT = "x-payhook-failed-at"
 _DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
 _PIPELINE_DEPTH = 2
-_MARK_EVERY_S = 0.2
-_MARK_RETRY_S = 1.0
 _DB_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 _SETTLE_ERRORS = (
     aiormq.exceptions.AMQPError,
@@ -124,13 +122,14 @@ class LedgerWorker:
         self.pool = pool
         self.postgres = postgres or Dependency("ledger.postgres", is_up=True)
         self.metrics = LedgerMetrics() if settings.metrics else None
-        self.publishes_events = settings.ledger_publishes_events
-        self.policy = replace(Policy.from_config(config), notify_relay=not self.publishes_events)
-        # Where committed events go (``publishes_events``); None while there is no broker
-        # session: the relay sweeps what could not be published.
-        self.events_exchange: AbstractExchange | None = None
-        self._confirmed: list[int] = []  # seq of events confirmed, not yet marked
-        self._marking: asyncio.Task[None] | None = None
+        # Publishing its own events (``ledger_publishes_events``), the worker does not wake
+        # the relay: ``events.exchange`` is set per broker session by ``run_ledger_worker``.
+        self.events = (
+            CommittedEvents(pool, self._spawn, self.metrics.published if self.metrics else None)
+            if settings.ledger_publishes_events
+            else None
+        )
+        self.policy = replace(Policy.from_config(config), notify_relay=self.events is None)
         self.topology = topology
         self.dead_exchange = dead_exchange
         self.batch_size = max(1, settings.ledger_batch_size)
@@ -234,7 +233,11 @@ class LedgerWorker:
     def _dispatch(self, batch: _Batch, stop: asyncio.Event) -> None:
         self._in_flight += 1
         previous, self._settled = self._settled, asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._process(batch, previous, self._settled, stop))
+        self._spawn(self._process(batch, previous, self._settled, stop))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task that ``drain`` waits for (within the grace)."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -294,7 +297,8 @@ class LedgerWorker:
             result, failures = outcome
             # Before the ack, in settle order: events of one payment reach the broker in the
             # order its batches committed.
-            await self._publish(result.outbox)
+            if self.events is not None:
+                await self.events.publish(result.outbox)
             self.totals.add(replace(result, outbox=[], attention=[]))  # counts, not rows
             if self.metrics is not None:
                 self.metrics.batch(
@@ -336,87 +340,6 @@ class LedgerWorker:
                 continue
             self.postgres.up()
             return result
-
-    async def _publish(self, events: Sequence[OutboxEvent]) -> None:
-        """Send the committed ``events`` now; their confirms and the mark follow in a task.
-
-        Whatever fails here only delays events (the relay publishes what stays unmarked for
-        ``SWEEP_AFTER_S``) or repeats them with the same ids (confirmed, not marked): the
-        batch is committed and gets its ack either way.
-        """
-        exchange = self.events_exchange
-        if not self.publishes_events or exchange is None or not events:
-            return
-        try:
-            confirmations = await start_publish(exchange, events)
-        except Exception as exc:
-            log.warning("ledger.events_not_sent", reason=describe(exc), count=len(events))
-            return
-        task = asyncio.create_task(self._confirm_and_mark(events, confirmations))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _confirm_and_mark(
-        self, events: Sequence[OutboxEvent], confirmations: Sequence[asyncio.Future[object]]
-    ) -> None:
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                outcomes = await asyncio.gather(*confirmations, return_exceptions=True)
-        except TimeoutError:
-            outcomes = [TimeoutError()] * len(events)
-        # A confirm's result is the broker's Basic.Ack; a nack, a return or a closed channel
-        # is an exception in its place.
-        failed = [ok for ok in outcomes if isinstance(ok, BaseException)]
-        confirmed = [
-            e.seq
-            for e, ok in zip(events, outcomes, strict=True)
-            if not isinstance(ok, BaseException)
-        ]
-        if failed:
-            log.warning("ledger.events_unconfirmed", reason=describe(failed[0]), count=len(failed))
-        if not confirmed:
-            return
-        self._confirmed.extend(confirmed)
-        if self._marking is None:
-            self._start_marking(_MARK_EVERY_S)
-
-    def _start_marking(self, delay_s: float) -> None:
-        self._marking = asyncio.create_task(self._mark_confirmed(delay_s))
-        self._tasks.add(self._marking)
-        self._marking.add_done_callback(self._tasks.discard)
-
-    async def _mark_confirmed(self, delay_s: float) -> None:
-        """Mark what was confirmed in the last ``delay_s``, in one statement.
-
-        Marking is not on anyone's path (the relay leaves rows alone for ``SWEEP_AFTER_S``),
-        so one UPDATE (and its commit) serves every batch confirmed meanwhile instead of one
-        each. A crash loses at most this interval's marks: those events are published once
-        more by the relay, with the same ids. A database outage keeps them for another try.
-        """
-        try:
-            await asyncio.sleep(delay_s)
-        finally:
-            seqs, self._confirmed, self._marking = self._confirmed, [], None
-        try:
-            async with self.pool.acquire() as conn:
-                await mark_published(conn, seqs)
-        except Exception as exc:
-            if not is_database_outage(exc):  # a bug: the relay publishes them again
-                log.exception("ledger.events_unmarked", count=len(seqs))
-                return
-            # Kept: unmarked after SWEEP_AFTER_S, the relay would publish them again.
-            log.warning(
-                "ledger.events_unmarked",
-                reason=describe(exc),
-                count=len(seqs),
-                retry_in_s=_MARK_RETRY_S,
-            )
-            self._confirmed[:0] = seqs
-            if self._marking is None:
-                self._start_marking(_MARK_RETRY_S)
-            return
-        if self.metrics is not None:
-            self.metrics.published(len(seqs))
 
     async def _settle(self, batch: _Batch, failures: Sequence[str | None]) -> None:
         ok: list[DeliveredMessage] = []
@@ -551,10 +474,10 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         worker.dead_exchange = await control.get_exchange(
             topology.ledger_dead_exchange, ensure=False
         )
-        if worker.publishes_events:
+        if worker.events is not None:
             # A channel of its own: its confirms are not held up behind a dead-letter publish.
             events = await broker.channel(publisher_confirms=True)
-            worker.events_exchange = await events.get_exchange(
+            worker.events.exchange = await events.get_exchange(
                 topology.events_exchange, ensure=False
             )
         channel = await broker.channel(prefetch=settings.ledger_prefetch)
@@ -571,7 +494,8 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         )
         await broker.until_stopped_or_lost(stop)
         if broker.lost.is_set():
-            worker.events_exchange = None
+            if worker.events is not None:
+                worker.events.exchange = None
             worker.drop_inbox()
             return
         # Stop taking work first, then let what is in flight commit and ack on this channel.
@@ -579,7 +503,8 @@ async def run_ledger_worker(ctx: RoleContext) -> None:
         await cancel_orders()
         batches_stop.set()
         await batching
-        worker.events_exchange = None
+        if worker.events is not None:
+            worker.events.exchange = None
 
     try:
         await run_sessions(
