@@ -163,6 +163,48 @@ async def test_the_database_refuses_unbalanced_or_edited_postings(
         )
 
 
+async def test_the_batch_write_is_one_statement_the_balance_trigger_guards(
+    pool: asyncpg.Pool[Any], policy: Policy
+) -> None:
+    """The ledger writes a batch's tables as parts of one statement (``store.write_batch``):
+    the postings' balance trigger still sees their rows, and a failure takes every table's
+    rows with it, not only the postings'."""
+    from workers.ledger import store
+
+    entry = "00000000-0000-4000-8000-0000000000e1"
+    event = store.EventRow(
+        "ev-1", "t", "s", "subj", "payment.x", "paysera", "main", "shop", "corr", {"a": 1}
+    )
+    unbalanced = store.BatchWrite(
+        entries=[store.EntryRow(entry, "00000000-0000-4000-8000-0000000000a1", "memo")],
+        postings=[
+            store.PostingRow(entry, 0, "a", "EUR", 5),
+            store.PostingRow(entry, 1, "b", "EUR", -4),
+        ],
+        events=[event],
+    )
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            async with conn.transaction():
+                await store.write_batch(conn, unbalanced)
+        counts = [
+            await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - constant names
+            for table in ("journal_entries", "postings", "events")
+        ]
+        assert counts == [0, 0, 0]
+        balanced = store.BatchWrite(
+            entries=unbalanced.entries,
+            postings=[*unbalanced.postings[:1], store.PostingRow(entry, 1, "b", "EUR", -5)],
+            events=[event],
+        )
+        async with conn.transaction():
+            written = await store.write_batch(conn, balanced)
+        assert (written.payments, written.callbacks, list(written.events)) == (0, 0, ["ev-1"])
+        async with conn.transaction():
+            again = await store.write_batch(conn, store.BatchWrite(events=[event]))
+        assert again.events == {}  # a known event id is not written (nor published) again
+
+
 async def test_the_callback_is_kept_byte_for_byte(pool: asyncpg.Pool[Any], policy: Policy) -> None:
     item = Incoming.of(callback(S.SUCCEEDED), "corr")
     async with pool.acquire() as conn:

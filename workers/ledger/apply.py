@@ -2,15 +2,16 @@
 
 Exactly once: within one transaction, (1) take the lock of every payment in the batch, in
 key order, whether the payment exists yet or not (``store.lock_payments`` says why advisory
-locks), and read the existing rows, (2) look up which callbacks are already recorded - under
-those locks nobody else can be recording callbacks of these payments - and skip them and
-in-batch repeats, (3) decide each new callback in delivery order against the payment as the
-previous one left it, (4) write payments (one insert or update each), callbacks
-(``ON CONFLICT DO NOTHING``: a count short of expected means the locking protocol was
-bypassed, so the batch is retried rather than trusted), journal entries and postings, and
-events (the outbox), then ``NOTIFY`` the relay once (unless the caller publishes the events
-itself: ``Policy.notify_relay``). The caller acks the AMQP messages only
-after the commit; a crash before it redelivers them and step (2) makes the replay a no-op.
+locks), then in one statement read the existing rows, (2) which callbacks are already
+recorded - under those locks nobody else can be recording callbacks of these payments - to
+skip them and in-batch repeats, and the order expectations, (3) decide each new callback in
+delivery order against the payment as the previous one left it, (4) write, in one statement,
+payments (one insert or update each), callbacks (``ON CONFLICT DO NOTHING``: a count short
+of expected means the locking protocol was bypassed, so the batch is retried rather than
+trusted), journal entries and postings, and events (the outbox), then ``NOTIFY`` the relay
+once (unless the caller publishes the events itself: ``Policy.notify_relay``). The caller
+acks the AMQP messages only after the commit; a crash before it redelivers them and step
+(2) makes the replay a no-op.
 
 If a batch keeps failing for a reason other than a lost connection, ``apply_each`` falls
 back to one transaction per message, so one bad message does not hold back the others.
@@ -214,35 +215,17 @@ def _decide_all(
     return verdicts, current
 
 
-def _orders(
-    items: Sequence[Incoming], ids: Sequence[str], rows: Mapping[str, Payment]
-) -> set[tuple[str, str, str]]:
-    out = set()
-    for item, pid in zip(items, ids, strict=True):
-        row = rows.get(pid)
-        order = item.callback.order_id or (row.order_id if row is not None else None)
-        if order:
-            out.add((item.callback.provider, item.callback.account, order))
-    return out
-
-
 async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> ApplyResult:
     ids = [
         store.payment_id(i.callback.provider, i.callback.account, i.callback.transaction_id)
         for i in items
     ]
-    locked = await store.lock_payments(conn, sorted(set(ids)))
-    seen = await store.existing_callbacks(conn, [i.id for i in items])
-    expectations = await store.load_expectations(conn, _orders(items, ids, locked))
-    verdicts, current = _decide_all(items, ids, locked, seen, expectations, policy)
+    await store.lock_payments(conn, sorted(set(ids)))
+    read = await store.read_batch(conn, ids, [i.id for i in items], _named_orders(items))
+    locked = read.payments
+    expectations = read.expectations
+    verdicts, current = _decide_all(items, ids, locked, read.recorded, expectations, policy)
     await _recheck_held(conn, items, ids, locked, verdicts, expectations)
-
-    created = sorted((p for pid, p in current.items() if pid not in locked), key=_by_id)
-    if await store.insert_payments(conn, created) != len(created):
-        raise LedgerContention("a payment this batch creates exists: the locks were bypassed")
-    await store.update_payments(
-        conn, [p for pid, p in current.items() if pid in locked and p != locked[pid]]
-    )
 
     result = ApplyResult()
     callbacks: list[CallbackRow] = []
@@ -281,22 +264,44 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
         if verdict.event_status is not None:
             events.append(_event_row(item, verdict))
 
-    if await store.insert_callbacks(conn, callbacks) != len(callbacks):
+    created = sorted((p for pid, p in current.items() if pid not in locked), key=_by_id)
+    written = await store.write_batch(
+        conn,
+        store.BatchWrite(
+            created=created,
+            updated=[p for pid, p in current.items() if pid in locked and p != locked[pid]],
+            callbacks=callbacks,
+            entries=entries,
+            postings=postings,
+            events=events,
+        ),
+    )
+    # Short counts mean a conflict skipped a row the locks should have kept to this batch:
+    # raising rolls the whole statement's work back, and the batch is retried.
+    if written.payments != len(created):
+        raise LedgerContention("a payment this batch creates exists: the locks were bypassed")
+    if written.callbacks != len(callbacks):
         raise LedgerContention("a callback this batch records was recorded concurrently")
-    await store.insert_entries(conn, entries)
-    await store.insert_postings(conn, postings)
-    written = await store.insert_events(conn, events)
-    result.events = len(written)
+    result.events = len(written.events)
     result.outbox = [
-        OutboxEvent(written[e.id], e.id, e.routing_key, e.correlation_id, e.body)
+        OutboxEvent(written.events[e.id], e.id, e.routing_key, e.correlation_id, e.body)
         for e in events
-        if e.id in written
+        if e.id in written.events
     ]
     if result.outbox and policy.notify_relay:
         await store.notify_outbox(conn, [e.seq for e in result.outbox])
     result.recorded = len(callbacks)
     result.entries = len(entries)
     return result
+
+
+def _named_orders(items: Sequence[Incoming]) -> set[OrderKey]:
+    """The orders the callbacks name; ``read_batch`` adds those their payments carry."""
+    return {
+        (i.callback.provider, i.callback.account, i.callback.order_id)
+        for i in items
+        if i.callback.order_id
+    }
 
 
 # What a registration of the callback's order releases (orders.py, _HELD).
