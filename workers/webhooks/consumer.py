@@ -32,8 +32,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any
 
 import asyncpg
@@ -98,25 +98,33 @@ class _KeyedLocks:
     """One lock per delivery, so two copies of its message never work on it at once.
 
     After a broker reconnect the unacked messages come again while their first handlers may
-    still be running; the copy waits, then finds the attempt finished (step 2 above).
+    still be running; the copy waits, then finds the attempt finished (step 2 above). Plain
+    acquire and release (the caller's try/finally), not an async context manager: that one
+    cost a generator and two awaits more on every delivery.
     """
 
     def __init__(self) -> None:
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+    async def acquire(self, key: tuple[str, str]) -> None:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()  # cancel-safe: a cancelled wait holds nothing
+        except BaseException:
+            self._forget(key)
+            raise
+
+    def release(self, key: tuple[str, str]) -> None:
+        self._locks[key][0].release()
+        self._forget(key)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
 
 class _WaitedTooLong(Exception):
@@ -257,15 +265,24 @@ class WebhookWorker:
     # -- one delivery ----------------------------------------------------------------------
 
     async def deliver(self, job: Job) -> None:
-        with structlog.contextvars.bound_contextvars(
+        # Every log line of the delivery carries these (bound_contextvars without its
+        # context manager: the same tokens, reset the same way, a generator less).
+        tokens = structlog.contextvars.bind_contextvars(
             event_id=job.event_id,
             merchant=job.merchant,
             attempt=job.attempt,
             round=job.round,
             correlation_id=job.correlation_id,
-        ):
-            async with self._locks.hold((job.event_id, job.merchant)):
+        )
+        key = (job.event_id, job.merchant)
+        try:
+            await self._locks.acquire(key)
+            try:
                 await self._deliver(job)
+            finally:
+                self._locks.release(key)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _deliver(self, job: Job) -> None:
         key = job.key()
@@ -403,8 +420,8 @@ class WebhookWorker:
     async def _take_slot(self, endpoint: Endpoint) -> None:
         """One of the endpoint's ``max_in_flight`` slots; ``_WaitedTooLong`` if, after each
         ``STUCK_AFTER_S`` of waiting, the endpoint is still saturated (busy.py)."""
-        if self.busy_delay_s <= 0:
-            await endpoint.semaphore.acquire()
+        if self.busy_delay_s <= 0 or not endpoint.semaphore.locked():
+            await endpoint.semaphore.acquire()  # free (or no hop queue): no timer needed
             return
         while True:
             try:
