@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -502,6 +502,16 @@ def _spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[b
         return subprocess.Popen([PAYHOOK, *args], env=env, stdout=out, stderr=out)
 
 
+def _check_alive(procs: Sequence[subprocess.Popen[Any]], named: Mapping[str, int]) -> None:
+    """Every process of the run is still there: a role that exited makes the run invalid."""
+    names = {pid: name for name, pid in named.items()}
+    gone = [
+        f"{names.get(p.pid, p.pid)} (exit {p.returncode})" for p in procs if p.poll() is not None
+    ]
+    if gone:
+        raise RuntimeError(f"processes exited during the run: {', '.join(gone)}")
+
+
 def _stop(procs: Sequence[subprocess.Popen[Any]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -514,13 +524,23 @@ def _stop(procs: Sequence[subprocess.Popen[Any]]) -> None:
             proc.wait()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
+    """A port nobody listens on, and not one handed out before in this process: the kernel
+    may give a just-closed port 0 again, and two roles on one health port made one of them
+    exit at start while ``/readyz`` on that port still answered (seen once: a run without a
+    webhook worker)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -810,6 +830,7 @@ async def run_once(
         for port in health_ports:
             await _wait_http(f"http://127.0.0.1:{port}/readyz", patience=60)
         await _wait_http(f"http://127.0.0.1:{listen_port}/readyz")
+        _check_alive(started, procs.named)
 
         total = int(rate * args.seconds)
         for n in range(args.senders):
@@ -869,6 +890,7 @@ async def run_once(
         await asyncio.sleep(max(0.0, t0 + args.seconds - time.time()))
         backlog = await _backlog(amqp_url, topology, conn)
         at_end = await procs.snapshot(conn)
+        _check_alive(started, procs.named)
         sent_stats = await _merchant_stats(merchant_port)
         for sender in senders:
             assert sender.stdout is not None

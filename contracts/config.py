@@ -99,6 +99,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     publish_timeout_s: float = 10.0
     publish_max_batch: int = 128  # callbacks per confirmed message at most
+    # A batch waits this long for company before it is sent (0: the loop turn only).
+    publish_linger_ms: float = 0.0
     # SO_REUSEPORT: several ``payhook ingress`` processes share the port (one per core).
     listen_reuse_port: bool = False
     ledger_prefetch: int = 1000

@@ -47,6 +47,7 @@ def create_app(
         Topology(settings.amqp_namespace),
         timeout_s=settings.publish_timeout_s,
         max_batch=settings.publish_max_batch,
+        linger_s=settings.publish_linger_ms / 1000,
         dependency=broker,
         metrics=settings.metrics,
     )

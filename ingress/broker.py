@@ -61,6 +61,7 @@ class CallbackPublisher:
         *,
         timeout_s: float,
         max_batch: int = 128,
+        linger_s: float = 0.0,
         dependency: Dependency | None = None,
         metrics: bool = False,
     ) -> None:
@@ -69,6 +70,7 @@ class CallbackPublisher:
         self._topology = topology
         self._timeout_s = timeout_s
         self._max_batch = max(1, max_batch)
+        self._linger_s = max(0.0, linger_s)
         self._dependency = dependency or Dependency("ingress.rabbitmq")
         self._exchange: AbstractExchange | None = None
         self._channel: aiormq.Channel | None = None
@@ -129,8 +131,11 @@ class CallbackPublisher:
         if batch is None:
             loop = asyncio.get_running_loop()
             batch = self._filling = _Batch(loop.create_future())
-            # Runs after every handler already runnable in this turn has added its callback.
-            loop.call_soon(self._send, batch)
+            if self._linger_s > 0:
+                loop.call_later(self._linger_s, self._send, batch)
+            else:
+                # Runs after every handler already runnable in this turn has added its callback.
+                loop.call_soon(self._send, batch)
         batch.callbacks.append(callback)
         if len(batch.callbacks) >= self._max_batch:
             self._send(batch)
