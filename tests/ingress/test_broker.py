@@ -13,7 +13,7 @@ import pytest
 from contracts.callbacks import CallbackReceived, RawRequest, decode_callbacks
 from contracts.statuses import Kind, Status, VerifiedBy
 from contracts.topology import MIXED_CALLBACKS_ROUTING_KEY, Topology
-from ingress.broker import CallbackPublisher, PublishFailed, Unencodable
+from ingress.broker import LINGER_BELOW, CallbackPublisher, PublishFailed, Unencodable
 
 # Long enough that waiting it out would fail the test's own timeout checks below.
 PUBLISH_TIMEOUT_S = 20.0
@@ -140,3 +140,33 @@ async def test_callbacks_of_several_accounts_ready_together_share_one_message(
     ]
     # The ledger's queue got both, all four callbacks.
     assert await queued_transaction_ids(amqp_url, namespace) == (2, ["alone", "m-0", "m-1", "m-2"])
+
+
+async def test_a_small_batch_waits_for_company_and_a_big_one_goes_at_once(
+    amqp_url: str, namespace: str
+) -> None:
+    """``PAYHOOK_PUBLISH_LINGER_MS``: a batch smaller than ``LINGER_BELOW`` at the end of its
+    loop turn waits for callbacks of later turns; one that size or bigger is sent at once.
+    The linger here (30 s) is far beyond the test's timeouts, so any wait for it fails."""
+    publisher = CallbackPublisher(
+        amqp_url, Topology(namespace), timeout_s=PUBLISH_TIMEOUT_S, max_batch=10, linger_s=30.0
+    )
+    await publisher.start(wait_s=10)
+    try:
+        first = asyncio.create_task(publisher.publish(callback("early")))
+        for _ in range(5):
+            await asyncio.sleep(0)  # its turn ends: a batch of one, lingering
+        assert not first.done()
+        later = [callback(f"later-{n}") for n in range(9)]  # the tenth fills the batch
+        async with asyncio.timeout(10):
+            await asyncio.gather(first, *(publisher.publish(cb) for cb in later))
+            await asyncio.gather(
+                *(publisher.publish(callback(f"big-{n}")) for n in range(LINGER_BELOW))
+            )
+    finally:
+        await publisher.close()
+    count, ids = await queued_transaction_ids(amqp_url, namespace)
+    assert count == 2  # early + later-0..8 in one message, the big batch in the other
+    assert ids == sorted(
+        ["early", *(c.transaction_id for c in later)] + [f"big-{n}" for n in range(LINGER_BELOW)]
+    )
