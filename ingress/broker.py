@@ -13,8 +13,7 @@ nothing where many accounts share the traffic, or several providers do (e2e at 5
 messages per callback). A batch smaller than ``LINGER_BELOW`` at the end of its loop turn
 waits up to ``PAYHOOK_PUBLISH_LINGER_MS`` (3 ms) for company; a bigger one goes at once, so
 under heavy load batches grow with the number of requests that arrive together and no time
-is waited. Many batches are in flight at
-once; none waits for another's confirm.
+is waited. Many batches are in flight at once; none waits for another's confirm.
 """
 
 from __future__ import annotations
@@ -121,6 +120,8 @@ class CallbackPublisher:
             self._connected.clear()
 
     async def close(self) -> None:
+        if self._filling is not None:
+            self._send(self._filling)  # a lingering batch goes now, while the session is up
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=self._timeout_s)
         self._stop.set()

@@ -170,3 +170,20 @@ async def test_a_small_batch_waits_for_company_and_a_big_one_goes_at_once(
     assert ids == sorted(
         ["early", *(c.transaction_id for c in later)] + [f"big-{n}" for n in range(LINGER_BELOW)]
     )
+
+
+async def test_closing_sends_a_lingering_batch_at_once(amqp_url: str, namespace: str) -> None:
+    """A callback waiting in a lingering batch when the ingress shuts down still gets its
+    confirm (and its provider the ack), not a failure after the session went away."""
+    publisher = CallbackPublisher(
+        amqp_url, Topology(namespace), timeout_s=PUBLISH_TIMEOUT_S, linger_s=30.0
+    )
+    await publisher.start(wait_s=10)
+    waiting = asyncio.create_task(publisher.publish(callback("at-shutdown")))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    async with asyncio.timeout(10):
+        await publisher.close()
+        await waiting  # confirmed: raises PublishFailed otherwise
+    assert await queued_transaction_ids(amqp_url, namespace) == (1, ["at-shutdown"])
