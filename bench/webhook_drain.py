@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ledger_drain import cpu_reference, cpu_seconds
 from contracts.callbacks import CallbackReceived, RawRequest
-from contracts.events import build_event, encode_event, routing_key
+from contracts.events import CloudEvent, build_event, encode_event, routing_key
 from contracts.statuses import Kind, Status, VerifiedBy
 from contracts.topology import HEADER_CORRELATION_ID, Topology
 from workers import amqp
@@ -73,7 +73,7 @@ def free_port() -> int:
         return port
 
 
-def events(count: int) -> list[dict[str, object]]:
+def events(count: int) -> list[CloudEvent]:
     out = []
     for n in range(count):
         callback = CallbackReceived(
@@ -95,7 +95,7 @@ def events(count: int) -> list[dict[str, object]]:
     return out
 
 
-async def preload(amqp_url: str, topology: Topology, batch: list[dict[str, object]]) -> None:
+async def preload(amqp_url: str, topology: Topology, batch: list[CloudEvent]) -> None:
     connection = await amqp.connect(amqp_url, name="payhook-bench-webhooks")
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -109,8 +109,8 @@ async def preload(amqp_url: str, topology: Topology, batch: list[dict[str, objec
                             encode_event(event),
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             content_type="application/cloudevents+json",
-                            message_id=str(event["id"]),
-                            headers={HEADER_CORRELATION_ID: str(event.get("correlationid", ""))},
+                            message_id=event.id,
+                            headers={HEADER_CORRELATION_ID: event.correlationid or ""},
                         ),
                         routing_key=routing_key(Kind.PAYMENT, Status.SUCCEEDED, "paysera"),
                     )

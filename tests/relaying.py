@@ -13,10 +13,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from contracts.callbacks import CallbackReceived
-from contracts.events import build_event, routing_key
+from contracts.events import build_event, encode_event, routing_key
 from contracts.statuses import Status
 from contracts.topology import Topology
 from tests.ledger.factory import MERCHANT
@@ -36,16 +37,16 @@ def outbox_row(
     ledger = ledger if ledger is not None else {"payment_status": effective.value}
     event = build_event(callback, status=status, merchant=MERCHANT, ledger=ledger)
     return EventRow(
-        id=event["id"],
-        type=event["type"],
-        source=event["source"],
-        subject=event["subject"],
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=callback.transaction_id,
         routing_key=routing_key(callback.kind, effective, callback.provider),
         provider=callback.provider,
         account=callback.account,
         merchant=MERCHANT,
         correlation_id=callback.correlation_id,
-        body=event,
+        body=encode_event(event),
     )
 
 
@@ -66,7 +67,7 @@ class Outbox:
         """Write ``rows`` to the outbox and relay them; returns their events."""
         await insert_events(self._conn, rows)
         await self.relay()
-        return [row.body for row in rows]
+        return [orjson.loads(row.body) for row in rows]
 
     async def republish(self, *event_ids: str) -> None:
         """Publish these events again, as a relay that crashed between confirm and commit."""

@@ -12,7 +12,7 @@ again with the same id (at least once), never loses it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,7 +22,6 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractExchange
 
-from contracts.events import encode_event
 from contracts.topology import HEADER_CORRELATION_ID
 from runtime.broker import raw_channel
 from runtime.errors import describe, is_database_outage
@@ -55,9 +54,10 @@ class OutboxEvent:
 
     seq: int
     id: str
+    type: str
     routing_key: str
     correlation_id: str
-    body: Mapping[str, Any]  # the CloudEvent
+    body: bytes  # the CloudEvent's JSON, published as is
 
 
 async def start_publish(
@@ -76,10 +76,7 @@ async def start_publish(
     channel = await raw_channel(cast(aio_pika.Exchange, exchange).channel)
     return await publish_many(
         channel,
-        [
-            Outgoing(exchange.name, e.routing_key, encode_event(e.body), _properties(e))
-            for e in events
-        ],
+        [Outgoing(exchange.name, e.routing_key, e.body, _properties(e)) for e in events],
         # mandatory: an event no queue would take (topology missing) must fail (the channel
         # raises on a return), not vanish.
         mandatory=True,
@@ -214,5 +211,5 @@ def _properties(event: OutboxEvent) -> aiormq.spec.Basic.Properties:
         message_id=event.id,
         correlation_id=event.correlation_id or None,
         headers={HEADER_CORRELATION_ID: event.correlation_id},
-        message_type=event.body["type"],
+        message_type=event.type,
     )

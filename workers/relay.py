@@ -25,6 +25,7 @@ from collections.abc import Collection
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from aio_pika.abc import AbstractExchange
 
@@ -48,7 +49,7 @@ _POLL_INTERVAL_S = 1.0
 # ``$2``: how old a row must be to be taken (0: any row; ``SWEEP_AFTER_S`` while the ledger
 # publishes its own); ``$3``: rows a notification named, taken whatever their age.
 _CLAIM = """
-    SELECT ctid, seq, id, routing_key, correlation_id, body
+    SELECT ctid, seq, id, type, routing_key, correlation_id, body
     FROM events
     WHERE published_at IS NULL
       AND (created_at <= now() - make_interval(secs => $2) OR seq = ANY($3::bigint[]))
@@ -77,7 +78,14 @@ async def publish_pending(
         await publish_events(
             exchange,
             [
-                OutboxEvent(r["seq"], r["id"], r["routing_key"], r["correlation_id"], r["body"])
+                OutboxEvent(
+                    r["seq"],
+                    r["id"],
+                    r["type"],
+                    r["routing_key"],
+                    r["correlation_id"],
+                    orjson.dumps(r["body"]),  # jsonb, decoded by the pool's codec
+                )
                 for r in rows
             ],
         )

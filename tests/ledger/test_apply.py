@@ -173,7 +173,7 @@ async def test_the_batch_write_is_one_statement_the_balance_trigger_guards(
 
     entry = "00000000-0000-4000-8000-0000000000e1"
     event = store.EventRow(
-        "ev-1", "t", "s", "subj", "payment.x", "paysera", "main", "shop", "corr", {"a": 1}
+        "ev-1", "t", "s", "subj", "payment.x", "paysera", "main", "shop", "corr", b'{"a":1}'
     )
     unbalanced = store.BatchWrite(
         entries=[store.EntryRow(entry, "00000000-0000-4000-8000-0000000000a1", "memo")],

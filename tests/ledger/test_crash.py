@@ -121,7 +121,7 @@ async def test_sigkill_mid_batch_then_restart_gives_the_same_ledger(
 
     # Block one batch inside its transaction: hold the outbox row it is about to insert.
     target = next(cb for cb in messages if cb.status is S.SUCCEEDED)
-    event_id = build_event(target)["id"]
+    event_id = build_event(target).id
     blocker = await asyncpg.connect(database_url)
     blocking = blocker.transaction()
     await blocking.start()

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import io
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from contracts.errors import DecodeError
+from contracts.events import CloudEvent, decode_event
 from workers.webhooks.breaker import CircuitBreaker
 from workers.webhooks.commands import parse_since
 from workers.webhooks.consumer import subscribed
-from workers.webhooks.delivery import canonical_body, request_headers
+from workers.webhooks.delivery import request_headers
 from workers.webhooks.progress import Progress
 from workers.webhooks.retry import Action, Outcome, Plan, parse_retry_after, plan_next
 from workers.webhooks.signing import decode_secret, sign, signature_header
@@ -38,8 +42,9 @@ def test_signature_matches_the_reference_library() -> None:
 
 def test_headers_verify_with_either_secret_during_rotation() -> None:
     old, new = new_secret(), new_secret()
-    payload = {"id": "e1", "type": "t", "data": {"amount": 1}}
-    body = canonical_body(payload)
+    event = CloudEvent("e1", "/payhook/paysera/main", "t", data={"amount": 1})
+    payload = event.to_dict()
+    body = event.canonical_json()
     ts = int(datetime.now(UTC).timestamp())
     headers = request_headers((decode_secret(new), decode_secret(old)), "e1", body, ts)
     assert len(headers["webhook-signature"].split(" ")) == 2
@@ -70,8 +75,54 @@ def test_secrets_with_and_without_prefix_and_padding() -> None:
         signature_header((), "e", 1, b"")
 
 
-def test_canonical_body_is_independent_of_key_order() -> None:
-    assert canonical_body({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
+def test_the_body_a_merchant_gets_is_independent_of_key_order() -> None:
+    one = decode_event(
+        b'{"specversion":"1.0","id":"e","type":"t","source":"s","data":{"b":1,"a":{"d":2,"c":3}}}'
+    )
+    other = decode_event(
+        b'{"data":{"a":{"c":3,"d":2},"b":1},"source":"s","type":"t","id":"e","specversion":"1.0"}'
+    )
+    assert (
+        one.canonical_json()
+        == other.canonical_json()
+        == (
+            b'{"data":{"a":{"c":3,"d":2},"b":1},"id":"e","source":"s","specversion":"1.0","type":"t"}'
+        )
+    )
+
+
+def test_an_event_read_back_re_encodes_to_the_same_document() -> None:
+    """Extension attributes payhook does not name survive decoding (a replay or retry signs the
+    bytes attempt 1 signed); a null attribute counts as absent (CloudEvents JSON format)."""
+    doc = {
+        "specversion": "1.0",
+        "id": "e",
+        "type": "t",
+        "source": "s",
+        "time": "2026-12-01T00:00:00Z",
+        "traceparent": "00-abc-def-01",
+        "data": {"amount": 1250, "currency": "EUR"},
+    }
+    event = decode_event(orjson.dumps(doc))
+    assert event.extensions == {"traceparent": "00-abc-def-01"}
+    assert event.to_dict() == doc
+    assert decode_event(event.canonical_json()) == event
+    assert decode_event(orjson.dumps({**doc, "subject": None})).to_dict() == doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        ({"specversion": "0.3", "id": "e", "type": "t", "source": "s"}, "specversion"),
+        ({"specversion": "1.0", "type": "t", "source": "s"}, "lacks id"),
+        ({"specversion": "1.0", "id": "e", "type": "t", "source": ""}, "lacks source"),
+        ({"specversion": "1.0", "id": "e", "type": "t", "source": "s", "time": 5}, "time"),
+        ({"specversion": "1.0", "id": "e", "type": "t", "source": "s", "data": [1]}, "data"),
+    ],
+)
+def test_an_event_with_a_bad_envelope_is_refused(doc: dict[str, Any], reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        decode_event(orjson.dumps(doc))
 
 
 # ------------------------------------------------------------------------------- retry plan

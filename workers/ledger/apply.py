@@ -33,7 +33,7 @@ import structlog
 from contracts.callbacks import CallbackReceived
 from contracts.config import Config
 from contracts.errors import ConfigError
-from contracts.events import build_event, routing_key
+from contracts.events import build_event, encode_event, routing_key
 from contracts.statuses import VerifiedBy
 from runtime.errors import is_database_outage
 from workers.ledger import store
@@ -163,16 +163,16 @@ def _event_row(item: Incoming, verdict: Verdict) -> EventRow:
     merchant = verdict.after.merchant
     event = build_event(callback, status=status, merchant=merchant, ledger=verdict.ledger)
     return EventRow(
-        id=event["id"],
-        type=event["type"],
-        source=event["source"],
-        subject=event["subject"],
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=callback.transaction_id,
         routing_key=routing_key(callback.kind, verdict.event_status, callback.provider),
         provider=callback.provider,
         account=callback.account,
         merchant=merchant,
         correlation_id=item.correlation_id,
-        body=event,
+        body=encode_event(event),
     )
 
 
@@ -284,7 +284,7 @@ async def _apply(conn: Conn, items: Sequence[Incoming], policy: Policy) -> Apply
         raise LedgerContention("a callback this batch records was recorded concurrently")
     result.events = len(written.events)
     result.outbox = [
-        OutboxEvent(written.events[e.id], e.id, e.routing_key, e.correlation_id, e.body)
+        OutboxEvent(written.events[e.id], e.id, e.type, e.routing_key, e.correlation_id, e.body)
         for e in events
         if e.id in written.events
     ]

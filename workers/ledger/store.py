@@ -358,7 +358,7 @@ class EventRow:
     account: str
     merchant: str | None
     correlation_id: str
-    body: dict[str, Any]  # the CloudEvent
+    body: bytes  # the CloudEvent's JSON (``contracts.events.encode_event``), as published
 
 
 _INSERT_EVENTS = """
@@ -388,7 +388,7 @@ def _events_doc(events: Sequence[EventRow]) -> str:
                 "account": e.account,
                 "merchant": e.merchant,
                 "correlation_id": e.correlation_id,
-                "body": e.body,
+                "body": orjson.Fragment(e.body),  # already JSON: embedded as is
             }
             for n, e in enumerate(events)
         ]

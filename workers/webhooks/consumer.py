@@ -42,7 +42,7 @@ from aiormq.abc import DeliveredMessage
 
 from contracts.config import Config, Merchant
 from contracts.errors import DecodeError
-from contracts.events import decode_event
+from contracts.events import CloudEvent, decode_event
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
 from runtime import database
 from runtime.acks import ChannelAcks
@@ -66,7 +66,6 @@ from workers.webhooks.delivery import (
     AttemptResult,
     Endpoint,
     EndpointRegistry,
-    canonical_body,
     post_event,
 )
 from workers.webhooks.messages import HEADER_ROUND, Job, Publisher, header_int, header_str
@@ -230,7 +229,7 @@ class WebhookWorker:
             log.warning("webhooks.undecodable", reason=str(exc))
             await self.publisher.dead(None, "undecodable", body=body, headers=headers)
             return
-        correlation_id = correlation_id or str(event.get("correlationid", ""))
+        correlation_id = correlation_id or event.correlationid or ""
         if merchant is None:
             targets = self.subscribers(event)
             if not targets:
@@ -249,12 +248,12 @@ class WebhookWorker:
         else:
             await asyncio.gather(*(self.deliver(job) for job in jobs))
 
-    def subscribers(self, event: Mapping[str, Any]) -> list[str]:
-        data = event.get("data")
-        if not isinstance(data, Mapping):
+    def subscribers(self, event: CloudEvent) -> list[str]:
+        data = event.data
+        if data is None:
             return []
         merchant = self.config.merchant_for(str(data.get("provider")), str(data.get("account")))
-        if merchant is None or not subscribed(merchant.events, str(event["type"])):
+        if merchant is None or not subscribed(merchant.events, event.type):
             return []
         return [merchant.id]
 
@@ -335,7 +334,7 @@ class WebhookWorker:
         if self.metrics:
             webhook_attempt(job.merchant, result.status_code, result.error_class)
             if result.outcome is Outcome.DELIVERED:
-                took = seconds_since(str(job.event.get("time", "")))
+                took = seconds_since(job.event.time or "")
                 if took is not None:
                     WEBHOOK_DELIVERY_SECONDS.labels(job.merchant).observe(max(0.0, took))
         plan = plan_next(job.attempt, result.outcome, self.schedule, result.retry_after)
@@ -385,7 +384,7 @@ class WebhookWorker:
                 progress = self._progress(endpoint)
                 progress.started(time.monotonic())
                 try:
-                    result = await post_event(endpoint, job.event_id, canonical_body(job.event))
+                    result = await post_event(endpoint, job.event_id, job.event.canonical_json())
                 except BaseException:
                     breaker.release()
                     raise

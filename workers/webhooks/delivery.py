@@ -17,9 +17,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 import structlog
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
@@ -36,7 +34,6 @@ __all__ = [
     "AttemptResult",
     "Endpoint",
     "EndpointRegistry",
-    "canonical_body",
     "post_event",
     "request_headers",
 ]
@@ -55,11 +52,6 @@ class AttemptResult:
     response_body: str = ""
     retry_after: float | None = None
     duration_ms: int = 0
-
-
-def canonical_body(event: Mapping[str, Any]) -> bytes:
-    """The bytes sent: sorted keys, so every attempt and every replay sends the same body."""
-    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
 # The same on every request to every endpoint: encoded once per endpoint with the request line.

@@ -15,9 +15,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
+from contracts.events import CloudEvent
 from contracts.topology import HEADER_ATTEMPT, HEADER_CORRELATION_ID, HEADER_MERCHANT, Topology
 from workers.webhooks import store
-from workers.webhooks.delivery import canonical_body
 
 __all__ = [
     "HEADER_DEAD_REASON",
@@ -38,7 +38,7 @@ HEADER_DEAD_REASON = "x-payhook-dead-reason"
 class Job:
     """One delivery attempt to make: this event, to this merchant, as this step."""
 
-    event: Mapping[str, Any]
+    event: CloudEvent
     merchant: str
     round: int
     attempt: int
@@ -46,11 +46,11 @@ class Job:
 
     @property
     def event_id(self) -> str:
-        return str(self.event["id"])
+        return self.event.id
 
     @property
     def event_type(self) -> str:
-        return str(self.event["type"])
+        return self.event.type
 
     def key(self) -> store.AttemptKey:
         return store.AttemptKey(self.event_id, self.merchant, self.round, self.attempt)
@@ -71,7 +71,7 @@ class Publisher:
             if delay > 0
             else self._topology.webhooks_queue
         )
-        await self._publish(queue, canonical_body(job.event), headers_for(job, attempt), job)
+        await self._publish(queue, job.event.canonical_json(), headers_for(job, attempt), job)
 
     async def dead(
         self,
@@ -83,7 +83,7 @@ class Publisher:
     ) -> None:
         """Park a copy in ``<ns>.webhooks.dead`` (Postgres stays the record for replays)."""
         if job is not None:
-            body, out = canonical_body(job.event), headers_for(job, job.attempt)
+            body, out = job.event.canonical_json(), headers_for(job, job.attempt)
         else:
             out = dict(headers or {})
         out[HEADER_DEAD_REASON] = reason
@@ -134,12 +134,12 @@ def header_int(headers: Mapping[str, Any], name: str, default: int) -> int:
 
 
 def replay_message(
-    event: Mapping[str, Any], merchant: str, round_: int, correlation_id: str
+    event: CloudEvent, merchant: str, round_: int, correlation_id: str
 ) -> aio_pika.Message:
     """A replay: attempt 1 of a fresh schedule in a new round, for one merchant."""
     job = Job(event, merchant, round_, 1, correlation_id)
     return aio_pika.Message(
-        body=canonical_body(event),
+        body=event.canonical_json(),
         headers=headers_for(job, 1),
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         content_type="application/cloudevents+json",

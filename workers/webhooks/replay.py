@@ -18,6 +18,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from contracts.config import Settings
+from contracts.events import CloudEvent
 from contracts.topology import Topology
 from workers import amqp
 from workers.webhooks import store
@@ -68,7 +69,10 @@ async def replay_deliveries(
                     *(
                         channel.default_exchange.publish(
                             replay_message(
-                                events[e]["body"], m, rounds[(e, m)], events[e]["correlation_id"]
+                                CloudEvent.from_dict(events[e]["body"]),
+                                m,
+                                rounds[(e, m)],
+                                events[e]["correlation_id"],
                             ),
                             routing_key=topology.webhooks_queue,
                             mandatory=True,

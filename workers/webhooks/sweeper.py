@@ -44,6 +44,7 @@ import structlog
 from aio_pika.abc import AbstractChannel
 
 from contracts.config import Settings
+from contracts.events import CloudEvent
 from contracts.topology import Topology
 from runtime.broker import Session
 from workers.webhooks import store
@@ -123,7 +124,11 @@ async def sweep_once(
             skipped += 1
             continue
         job = Job(
-            event["body"], row["merchant"], row["round"], attempt, event["correlation_id"] or ""
+            CloudEvent.from_dict(event["body"]),
+            row["merchant"],
+            row["round"],
+            attempt,
+            event["correlation_id"] or "",
         )
         jobs.append((row, job))
 
