@@ -7,6 +7,7 @@ ones the default schedule (0, 1 h, 3 h, 24 h) uses, only with shorter TTLs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 from dataclasses import replace
@@ -431,13 +432,17 @@ async def test_timeouts_refused_connections_and_redirects_are_failures(
     async def redirect(_: int, __: web.Request) -> web.StreamResponse:
         return web.Response(status=307, headers={"Location": "http://127.0.0.1:1/elsewhere"})
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        closed_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hooks"
+    # A port nothing listens on, held bound (not listening: connecting is refused) for the
+    # whole test: released, the kernel once handed it to the redirecting merchant below.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}/hooks"
     async with (
+        contextlib.AsyncExitStack() as stack,
         MerchantServer(stall).serving() as slow,
         MerchantServer(redirect).serving() as moved,
     ):
+        stack.callback(closed.close)
         config = make_config(
             [
                 MerchantSpec("slow", slow.url, (new_secret(),), {"timeout_s": 0.3}),
