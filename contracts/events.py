@@ -8,7 +8,7 @@ consumers dedupe on ``id`` whatever the number of redeliveries.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -47,22 +47,6 @@ def routing_key(kind: Kind, status: Status, provider: str) -> str:
 
 def event_id(callback_id: str, type_: str) -> str:
     return uuid5_text(_ID_NAMESPACE, f"{callback_id}\x1f{type_}")
-
-
-# The attributes ``CloudEvent`` names; any other top-level member is an extension attribute.
-_NAMED = frozenset(
-    (
-        "specversion",
-        "id",
-        "source",
-        "type",
-        "subject",
-        "time",
-        "datacontenttype",
-        "correlationid",
-        "data",
-    )
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +121,10 @@ class CloudEvent:
             data=data,
             extensions=extensions,
         )
+
+
+# The attributes ``CloudEvent`` names; any other top-level member is an extension attribute.
+_NAMED = frozenset({"specversion", *(f.name for f in fields(CloudEvent))} - {"extensions"})
 
 
 def build_event(
