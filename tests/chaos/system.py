@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ import aio_pika
 from contracts.config import Config
 from contracts.topology import Topology
 from payhook.config_files import load_config
+from tests.ports import free_port
 from tests.servers import SERVICES, wait_for_amqp
 from tests.servers import amqp_server_url as amqp_server_url
 from tests.servers import database_server_url as database_server_url
@@ -43,13 +43,6 @@ __all__ = [
 
 MERCHANT = "shop"
 WEBHOOK_BUSY_DELAY_S = 1.0  # PAYHOOK_WEBHOOK_BUSY_DELAY_S below: its hop queue is checked too
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)

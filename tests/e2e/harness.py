@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +21,7 @@ from contracts.config import Config, Settings
 from contracts.topology import Topology
 from payhook.roles import ROLES, run_roles
 from runtime.health import Health
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.ports import free_port
 
 
 def system_settings(database_url: str, amqp_url: str, namespace: str, **extra: Any) -> Settings:

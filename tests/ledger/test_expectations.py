@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +16,7 @@ from contracts.config import Config, Settings
 from contracts.schema import event_schema
 from contracts.statuses import Status, VerifiedBy
 from runtime.health import Health
+from tests.ports import free_port, refused_port
 from tests.roles import role_context
 from workers.ledger.admin import build_admin_app, run_admin
 from workers.ledger.apply import Incoming, Policy, apply_batch, apply_with_retry
@@ -337,9 +337,7 @@ async def test_admin_orders_and_payments(
 async def test_run_admin_listens_and_stops(
     database_url: str, db: Any, ledger_config: Config
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     settings = Settings(database_url=database_url, admin_port=port)
     stop = asyncio.Event()
     task = asyncio.create_task(run_admin(role_context("admin", settings, ledger_config, stop)))
@@ -363,22 +361,22 @@ async def test_run_admin_is_not_ready_before_postgres_answers(ledger_config: Con
     """Seen while building tests/chaos: /readyz of a starting ``payhook admin`` answered 200
     ``{"ready":true,"dependencies":{}}`` with Postgres unreachable, because the role named
     its dependency only after the listener had started."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        nothing = sock.getsockname()[1]  # closed again: nothing listens there
-    settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{nothing}/x", admin_port=0)
-    stop = asyncio.Event()
-    health = Health()
-    task = asyncio.create_task(
-        run_admin(role_context("admin", settings, ledger_config, stop, health))
-    )
-    try:
-        await asyncio.sleep(0)  # the role's first step, up to its first await
-        assert not health.ready
-        assert "admin.postgres" in health.dependencies
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    with refused_port() as nothing:  # refuses connections while it is held
+        settings = Settings(
+            database_url=f"postgresql://postgres@127.0.0.1:{nothing}/x", admin_port=0
+        )
+        stop = asyncio.Event()
+        health = Health()
+        task = asyncio.create_task(
+            run_admin(role_context("admin", settings, ledger_config, stop, health))
+        )
+        try:
+            await asyncio.sleep(0)  # the role's first step, up to its first await
+            assert not health.ready
+            assert "admin.postgres" in health.dependencies
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
 
 
 def test_ledger_options_must_be_booleans() -> None:

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.ports import free_port
 from tests.servers import with_database
 
-from .peers import FlakyServer, PayhookProcess, free_port, get_status, wait_status
+from .peers import FlakyServer, PayhookProcess, get_status, wait_status
 
 GRACE_S = 3.0
 PG_PASSWORD = "pg-hunter2-secret"

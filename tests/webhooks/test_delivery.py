@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from contracts.statuses import Status
+from tests.ports import refused_port
 from tests.servers import BrokerJanitor
 
 from .helpers import (
@@ -432,17 +432,13 @@ async def test_timeouts_refused_connections_and_redirects_are_failures(
     async def redirect(_: int, __: web.Request) -> web.StreamResponse:
         return web.Response(status=307, headers={"Location": "http://127.0.0.1:1/elsewhere"})
 
-    # A port nothing listens on, held bound (not listening: connecting is refused) for the
-    # whole test: released, the kernel once handed it to the redirecting merchant below.
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}/hooks"
     async with (
         contextlib.AsyncExitStack() as stack,
         MerchantServer(stall).serving() as slow,
         MerchantServer(redirect).serving() as moved,
     ):
-        stack.callback(closed.close)
+        # Held for the whole test (tests/ports.py says why).
+        closed_url = f"http://127.0.0.1:{stack.enter_context(refused_port())}/hooks"
         config = make_config(
             [
                 MerchantSpec("slow", slow.url, (new_secret(),), {"timeout_s": 0.3}),
